@@ -1,0 +1,35 @@
+# `make demo` and `make test` set themselves up on a fresh machine: a .venv in the repo, the package
+# installed into it, offline Hugging Face and W&B, and every cache kept inside ignored folders.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+WANDB_MODE ?= offline
+export WANDB_MODE
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export WANDB_DIR := $(CURDIR)/runs
+export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb
+export WANDB_DATA_DIR := $(CURDIR)/.cache/wandb-data
+export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb-config
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+
+.PHONY: demo test test-slow lint
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) scripts/bench_samplers.py
+
+test: $(STAMP)
+	$(PYTHON) -m pytest
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Image tokenizers: quantizers (VQ, FSQ) inside a convolutional autoencoder."""
