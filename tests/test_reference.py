@@ -67,3 +67,19 @@ def test_schedules_are_what_sample_uses():
         seen.clear()
         sample(field.edm, x, "euler", 4, schedule=schedule, callback=lambda info: seen.append(info["t"].item()))
         assert seen == pytest.approx(expected[:-1].tolist())
+
+
+ORDERS = {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 2, "ipndm": 2}
+
+
+def test_measured_orders_on_an_image_sized_mixture():
+    """At large NFE on 3x16x16: Euler first order; the rest second (iPNDM's equal-step weights on Karras steps)."""
+    field = GaussianMixtureField.random(8, (3, 16, 16), seed=0)
+    x = 80 * torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_ref = reference(field.edm, x, 80.0, 0.002, rtol=1e-11, atol=1e-11)
+    for name, order in ORDERS.items():
+        schedule = "logsnr" if name == "dpmpp_2m" else "karras"
+        coarse, fine = (
+            (sample(field.edm, x, name, nfe, schedule=schedule) - x_ref).pow(2).mean().sqrt() for nfe in (128, 256)
+        )
+        assert math.log2(coarse / fine) == pytest.approx(order, abs=0.15), name
