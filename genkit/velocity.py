@@ -108,7 +108,7 @@ class DiffusersField:
         sigma_x = broadcast_time(sigma, x)
         c_in = 1 / (1 + sigma_x**2).sqrt()
         x_vp = c_in * x
-        output = self.unet(x_vp, self.sigma_to_timestep(sigma)).sample.to(x.dtype)
+        output = self.unet(x_vp.to(self.unet.dtype), self.sigma_to_timestep(sigma)).sample.to(x.dtype)
         if self.prediction_type == "epsilon":
             return output
         if self.prediction_type == "v_prediction":

@@ -1,5 +1,7 @@
 """The diffusers adapter on a tiny random UNet2DModel: time mapping, and DDIM = Euler in EDM form."""
 
+import copy
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -48,6 +50,15 @@ def test_epsilon_field_is_the_network_on_the_vp_input(unet):
     out = field(x, sigma)
     assert out.shape == x.shape
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_float64_states_drive_a_float32_unet(unet):
+    """The reference solver integrates in float64 whatever the network's precision."""
+    single = DiffusersField(copy.deepcopy(unet).float(), DDPMScheduler())
+    x, sigma = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.tensor([0.5, 20.0], dtype=torch.float64)
+    out = single(x, sigma)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, DiffusersField(unet, DDPMScheduler())(x, sigma), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
