@@ -1,0 +1,213 @@
+"""Datasets: the embedded crops and digits, image folders with bad files, torchvision without a network."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import Dataset
+
+from genkit.data import (
+    SOURCES,
+    TRAIN_PHOTOS,
+    VAL_PHOTOS,
+    DataConfig,
+    _photo,
+    build_dataset,
+    image_channels,
+)
+from genkit.errors import GenkitError
+
+
+def stacked(dataset):
+    return torch.stack([dataset[index] for index in range(len(dataset))])
+
+
+def has_window(photo, crop):
+    """Whether some window of `photo` [3, H, W] equals `crop` [3, s, s] exactly."""
+    size = crop.shape[-1]
+    height, width = photo.shape[1] - size + 1, photo.shape[2] - size + 1
+    # Five probe pixels narrow the candidates cheaply; the survivors are compared in full.
+    candidates = torch.ones(height, width, dtype=torch.bool)
+    for dy, dx in [(0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1), (size // 2, size // 2)]:
+        candidates &= (photo[:, dy : dy + height, dx : dx + width] == crop[:, dy, dx, None, None]).all(0)
+    return any(
+        torch.equal(photo[:, top : top + size, left : left + size], crop) for top, left in candidates.nonzero().tolist()
+    )
+
+
+def test_crops_shapes_range_and_determinism():
+    config = DataConfig(num_train=256, num_val=64)
+    train, val = build_dataset(config, "train"), build_dataset(config, "val")
+    assert (len(train), len(val)) == (256, 64)
+    images = stacked(train)
+    assert images.shape == (256, 3, 32, 32) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.1
+    assert torch.equal(images, stacked(build_dataset(config, "train")))
+    assert not torch.equal(images, stacked(build_dataset(DataConfig(num_train=256, seed=1), "train")))
+    assert stacked(val).shape == (64, 3, 32, 32)
+
+
+def test_crops_come_from_their_split_photos_only():
+    assert not set(TRAIN_PHOTOS) & set(VAL_PHOTOS)
+    config = DataConfig(num_train=8, num_val=8, image_size=16)
+    for split, own, other in [("val", VAL_PHOTOS, TRAIN_PHOTOS), ("train", TRAIN_PHOTOS, VAL_PHOTOS)]:
+        crops = build_dataset(config, split).images
+        assert crops.shape == (8, 3, 16, 16)
+        for crop in crops:
+            assert any(has_window(_photo(name), crop) for name in own)
+            assert not any(has_window(_photo(name), crop) for name in other)
+
+
+def test_crops_larger_than_the_photos_is_an_error():
+    with pytest.raises(GenkitError, match="image_size=400"):
+        build_dataset(DataConfig(image_size=400), "val")
+
+
+def test_mnist5k_split_channels_and_range():
+    config = DataConfig(source="mnist5k")
+    assert image_channels(config) == 1
+    train, val = build_dataset(config, "train"), build_dataset(config, "val")
+    assert (len(train), len(val)) == (4500, 500)
+    digits = stacked(val)
+    assert digits.shape == (500, 1, 32, 32)
+    assert digits.min() == -1 and digits.max() <= 1 and digits.max() > 0.9
+    # Black background: the image borders are -1 and most pixels are.
+    assert (digits[:, :, 0] == -1).all() and (digits == -1).float().mean() > 0.5
+    assert not any(torch.equal(digits[0], image) for image in stacked(train))
+
+
+def save_images(root):
+    """Four readable images in nested folders, one corrupt one and a text file; returns the solid-colour path."""
+    (root / "a" / "deep").mkdir(parents=True)
+    (root / "b").mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for path, size in [(root / "a" / "deep" / "two.JPG", (40, 30)), (root / "a" / "one.png", (30, 50))]:
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(path)
+    Image.new("L", (20, 20), 200).save(root / "b" / "three.jpeg")
+    (root / "bad.png").write_bytes(torch.randint(0, 256, (300,), generator=generator, dtype=torch.uint8).numpy())
+    (root / "notes.txt").write_text("not an image")
+    solid = root / "solid.png"
+    Image.new("RGB", (48, 36), (255, 0, 128)).save(solid)
+    return solid
+
+
+def test_folder_skips_a_corrupt_image_with_one_warning(tmp_path):
+    solid = save_images(tmp_path)
+    config = DataConfig(source="folder", path=str(tmp_path), image_size=16)
+    # Sorted: a/deep/two.JPG (val), a/one.png, b/three.jpeg, bad.png, solid.png.
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) of 4 .*bad\.png") as caught:
+        train = build_dataset(config, "train")
+    assert len(caught) == 1
+    assert [path.name for path in train.paths] == ["one.png", "three.jpeg", "solid.png"]
+    images = stacked(train)
+    assert images.shape == (3, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
+    colour = train[train.paths.index(solid)]
+    assert torch.allclose(
+        colour, torch.tensor([1.0, -1.0, 128 / 127.5 - 1])[:, None, None].expand(3, 16, 16), atol=1e-6
+    )
+    assert torch.allclose(train[1], torch.full((3, 16, 16), 200 / 127.5 - 1), atol=0.02)  # grey JPEG -> RGB
+    val = build_dataset(config, "val")
+    assert [path.name for path in val.paths] == ["two.JPG"] and val[0].shape == (3, 16, 16)
+
+
+def test_folder_strict_names_the_corrupt_image(tmp_path):
+    save_images(tmp_path)
+    with pytest.raises(GenkitError, match=r"bad\.png.*data\.strict=false"):
+        build_dataset(DataConfig(source="folder", path=str(tmp_path), strict=True), "train")
+
+
+def test_folder_missing_empty_or_all_corrupt_is_an_error(tmp_path):
+    with pytest.raises(GenkitError, match="does not exist"):
+        build_dataset(DataConfig(source="folder", path=str(tmp_path / "nowhere")), "train")
+    with pytest.raises(GenkitError, match="needs data.path"):
+        build_dataset(DataConfig(source="folder"), "train")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(GenkitError, match="no images"):
+        build_dataset(DataConfig(source="folder", path=str(tmp_path)), "train")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(GenkitError, match=r"none of the 1 val images .*bad\.png"):
+        build_dataset(DataConfig(source="folder", path=str(tmp_path)), "val")
+    with pytest.raises(GenkitError, match="train split .* is empty"):
+        build_dataset(DataConfig(source="folder", path=str(tmp_path)), "train")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Error downloading"), urllib.error.URLError("no network")])
+def test_torchvision_download_failure_is_one_clear_error(monkeypatch, tmp_path, error):
+    def fail(self):
+        raise error
+
+    # The real CIFAR10 constructor runs, but its download fails at once, as it does offline.
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", fail)
+    root = tmp_path / "cifar"
+    config = DataConfig(source="torchvision", name="CIFAR10", path=str(root))
+    with pytest.raises(GenkitError) as caught:
+        build_dataset(config, "train")
+    message = str(caught.value)
+    assert f"could not load torchvision dataset CIFAR10 into {root}" in message
+    assert str(error) in message and "data.source=crops" in message and "data.path" in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_torchvision_missing_files_without_download(tmp_path):
+    config = DataConfig(source="torchvision", name="MNIST", path=str(tmp_path), download=False)
+    with pytest.raises(GenkitError, match="could not load torchvision dataset MNIST.*Dataset not found"):
+        build_dataset(config, "val")
+
+
+def test_torchvision_unknown_name():
+    for name in ["CIFAR11", "utils", None]:
+        with pytest.raises(GenkitError, match="unknown torchvision dataset.*CIFAR10"):
+            build_dataset(DataConfig(source="torchvision", name=name), "train")
+
+
+class FakeDataset(Dataset):
+    """Records how it was built; gives a 40x50 red (or grey) PIL image with a label, like torchvision's sets."""
+
+    calls = []
+
+    def __init__(self, root, transform=None, download=False, **split):
+        self.calls.append((root, split, download))
+        self.transform = transform
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.transform(Image.new("RGB", (40, 50), (255, 0, 0))), 7
+
+
+class FakeCelebA(FakeDataset):
+    def __init__(self, root, split="train", transform=None, download=False):
+        super().__init__(root, transform, download, split=split)
+
+
+class FakeMNIST(FakeDataset):
+    def __init__(self, root, train=True, transform=None, download=False):
+        super().__init__(root, transform, download, train=train)
+
+
+def test_torchvision_split_arguments_transform_and_labels(monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CelebA", FakeCelebA)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    FakeDataset.calls.clear()
+    celeba = build_dataset(DataConfig(source="torchvision", name="CelebA", image_size=8), "val")
+    assert FakeDataset.calls[-1] == ("data/CelebA", {"split": "valid"}, True)
+    assert len(celeba) == 2 and torch.equal(celeba[0], torch.tensor([1.0, -1, -1])[:, None, None].expand(3, 8, 8))
+    config = DataConfig(source="torchvision", name="MNIST", image_size=8, path="elsewhere", download=False)
+    assert image_channels(config) == 1
+    mnist = build_dataset(config, "train")
+    assert FakeDataset.calls[-1] == ("elsewhere", {"train": True}, False)
+    assert mnist[1].shape == (1, 8, 8) and mnist[1].min() > -1 and mnist[1].max() < 1  # red -> grey
+
+
+def test_config_validation_and_channels():
+    with pytest.raises(GenkitError, match="unknown data.source 'imagenet'.*" + ", ".join(SOURCES)):
+        DataConfig(source="imagenet")
+    with pytest.raises(GenkitError, match="image_size"):
+        DataConfig(image_size=0)
+    assert image_channels(DataConfig()) == 3
+    assert image_channels(DataConfig(source="folder", path="x")) == 3
+    assert image_channels(DataConfig(source="torchvision", name="CIFAR10")) == 3
