@@ -1,0 +1,101 @@
+"""Typed configs: a YAML file naming its `task`, merged onto that task's dataclass, then `key=value` overrides.
+
+Unknown keys, values of the wrong type and invalid choices fail at load time with the key's name.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from genkit.errors import GenkitError
+
+# Filled by each trainer module: task name -> its top-level config dataclass.
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    """Class decorator: make a config dataclass loadable as `task: name`."""
+
+    def register(cls: type) -> type:
+        TASKS[name] = cls
+        return cls
+
+    return register
+
+
+def check_choice(key: str, value: Any, choices: tuple) -> None:
+    """A config value must be one of `choices`."""
+    if value not in choices:
+        raise GenkitError(f"config key {key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise GenkitError(f"config file {path} does not exist; pass the path of a YAML file such as configs/...")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise GenkitError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise GenkitError(f"config file {path} must hold a mapping of keys to values")
+    return content
+
+
+def _explain(error: OmegaConfBaseException, source: str) -> GenkitError:
+    key = getattr(error, "full_key", None) or "?"
+    if isinstance(error, ConfigKeyError):
+        parent = key.rsplit(".", 1)[0] if "." in key else None
+        return GenkitError(f"unknown config key {key!r} in {source}{f' (under {parent})' if parent else ''}")
+    message = str(error).splitlines()[0]
+    return GenkitError(f"bad value for config key {key!r} in {source}: {message}")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
+    """The dataclass instance for the YAML at `path` with `key=value` overrides applied."""
+    path = Path(path)
+    content = _read_yaml(path)
+    for override in overrides:
+        if "=" not in override:
+            raise GenkitError(f"override {override!r} must look like key=value, e.g. train.steps=100")
+    task = content.get("task")
+    task_overrides = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "task"]
+    task = task_overrides[-1] if task_overrides else task
+    if task not in TASKS:
+        raise GenkitError(f"config {path} must name its task; task={task!r} is not one of: {', '.join(TASKS)}")
+    merged = OmegaConf.structured(TASKS[task])
+    for source, layer in (
+        (str(path), lambda: OmegaConf.create(content)),
+        ("overrides", lambda: OmegaConf.from_dotlist(list(overrides))),
+    ):
+        try:
+            merged = OmegaConf.merge(merged, layer())
+        except OmegaConfBaseException as error:
+            raise _explain(error, source) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise _explain(error, str(path)) from None
+
+
+def config_dict(config: Any) -> dict:
+    """A config dataclass as plain nested dicts (for YAML, trackers and run folders)."""
+    return dataclasses.asdict(config)
+
+
+def flat_config(config: dict) -> dict:
+    """Nested config dicts as one level of dotted keys (trackers show flat hyper-parameters)."""
+    flat = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value if isinstance(value, int | float | str | bool) or value is None else str(value)
+
+    walk("", config)
+    return flat

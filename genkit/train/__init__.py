@@ -1,0 +1,1 @@
+"""Trainers and the one training loop they share."""
