@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Two CPU processes (gloo); ACCELERATE_USE_CPU makes `--multi_gpu` start real ranks without a GPU.
+DEMO_LAUNCH := ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+	--mixed_precision no --dynamo_backend no
+
 demo: $(STAMP)
-	$(PYTHON) scripts/bench_samplers.py
+	$(DEMO_LAUNCH) -m genkit train configs/tokenizer/demo.yaml train.resume=latest
+	$(PYTHON) -m genkit eval-tokenizer runs/fsq-demo
 
 test: $(STAMP)
 	$(PYTHON) -m pytest

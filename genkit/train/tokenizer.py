@@ -1,0 +1,209 @@
+"""Training and evaluating image tokenizers (FSQ or VQ inside a diffusers autoencoder) through the shared loop."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+
+from genkit.checkpoint import load_weights, save_weights, write_json
+from genkit.config import check_choice, config_dict, load_config, register_task
+from genkit.data import DataConfig, build_dataset, image_channels
+from genkit.errors import GenkitError
+from genkit.metrics import psnr
+from genkit.tracking import image_grid
+from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
+from tokenizers_img import codebook_usage
+from tokenizers_img.model import LOSSES, QUANTIZERS, Tokenizer
+
+
+@dataclass
+class QuantizerConfig:
+    """`fsq` uses levels (and symmetric); `vq` uses codebook_size, beta, ema, decay, cosine, dead_code_threshold."""
+
+    kind: str = "fsq"
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    symmetric: bool = False
+    codebook_size: int = 1024
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    cosine: bool = False
+    dead_code_threshold: float = 0.0
+
+    def options(self) -> dict:
+        """The constructor options of the chosen quantizer kind."""
+        if self.kind == "fsq":
+            return {"kind": "fsq", "levels": list(self.levels), "symmetric": self.symmetric}
+        keys = ("codebook_size", "beta", "ema", "decay", "cosine", "dead_code_threshold")
+        return {"kind": "vq", **{key: getattr(self, key) for key in keys}}
+
+    def __post_init__(self):
+        check_choice("model.quantizer.kind", self.kind, tuple(QUANTIZERS))
+
+
+@dataclass
+class TokenizerModelConfig:
+    """Autoencoder shape: one resolution per entry of `channels` (downsampling 2^(len - 1))."""
+
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    latent_dim: int = 4
+    norm_groups: int = 8
+    mid_attention: bool = False
+    loss: str = "l1"
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self):
+        check_choice("model.loss", self.loss, tuple(LOSSES))
+        for width in self.channels:
+            if width % self.norm_groups:
+                raise GenkitError(f"model.channels {self.channels} must all be multiples of model.norm_groups")
+
+
+@register_task("tokenizer")
+@dataclass
+class TokenizerRunConfig:
+    """A tokenizer training run: `runs/<name>/` holds its config, checkpoints, metrics, grids and model."""
+
+    task: str = "tokenizer"
+    name: str = "tokenizer"
+    output_dir: str = "runs"
+    eval_images: int = 64
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_tokenizer(config: TokenizerModelConfig, in_channels: int) -> Tokenizer:
+    """The untrained tokenizer a model config describes."""
+    try:
+        return Tokenizer(
+            in_channels=in_channels,
+            channels=tuple(config.channels),
+            layers_per_block=config.layers_per_block,
+            latent_dim=config.latent_dim,
+            norm_groups=config.norm_groups,
+            mid_attention=config.mid_attention,
+            quantizer=config.quantizer.options(),
+            loss=config.loss,
+        )
+    except ValueError as error:
+        raise GenkitError(f"bad model config: {error}") from None
+
+
+def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
+    """safetensors weights + config.json: a folder another user can load with `load_tokenizer`."""
+    save_weights(folder, tokenizer.state_dict(), {"kind": "tokenizer", **tokenizer.config})
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer saved in `folder` (a run's `model/` folder), in eval mode."""
+    state, config = load_weights(folder)
+    if config.pop("kind", None) != "tokenizer":
+        raise GenkitError(f"{folder} does not hold a tokenizer")
+    tokenizer = Tokenizer(**config)
+    tokenizer.load_state_dict(state)
+    return tokenizer.eval()
+
+
+def validation_images(data: DataConfig, count: int) -> Tensor:
+    """The first `count` validation images: the fixed batch every evaluation of a run sees."""
+    dataset = build_dataset(data, "val")
+    if len(dataset) == 0:
+        raise GenkitError("the validation split is empty; add images or pick another data.source")
+    return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer: Tokenizer, images: Tensor) -> tuple[dict[str, float], Tensor]:
+    """PSNR of decode(encode(x)), codebook usage and perplexity, images/s; and the reconstructions."""
+    start = time.perf_counter()
+    indices = tokenizer.encode(images)
+    reconstruction = tokenizer.decode(indices).clamp(-1, 1)
+    seconds = time.perf_counter() - start
+    usage = codebook_usage(indices, tokenizer.codebook_size)
+    metrics = {
+        "psnr": psnr(reconstruction, images),
+        "codebook_usage": usage.fraction_used,
+        "perplexity": usage.perplexity,
+        "images_per_second_eval": len(images) / seconds,
+    }
+    return metrics, reconstruction
+
+
+class TokenizerTrainer:
+    """One model, one optimizer, loss = reconstruction + quantizer aux loss."""
+
+    ema_model = "tokenizer"
+
+    def __init__(self, config: TokenizerRunConfig, in_channels: int, val_images: Tensor):
+        tokenizer = build_tokenizer(config.model, in_channels)
+        self.models = {"tokenizer": tokenizer}
+        self.optimizers = {"tokenizer": config.optimizer.build(tokenizer.parameters())}
+        self.val_images = val_images
+
+    def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
+        _, losses = self.models["tokenizer"](batch)
+        loop.update("tokenizer", losses["total"])
+        return losses
+
+    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
+        tokenizer = loop.unwrap("tokenizer")
+        tokenizer.eval()
+        images = self.val_images.to(loop.device)
+        metrics, reconstruction = evaluate_tokenizer(tokenizer, images)
+        tokenizer.train()
+        rows = min(4, len(images) // 8)
+        # Originals and reconstructions in alternating rows of eight.
+        pairs = torch.stack([images[: rows * 8], reconstruction[: rows * 8]]).unflatten(1, (rows, 8)).transpose(0, 1)
+        loop.log.log_images("reconstruction", pairs.flatten(0, 2), step)
+        return metrics
+
+    def export(self, loop: Loop, folder: Path) -> None:
+        save_tokenizer(loop.unwrap("tokenizer"), folder)
+
+
+def run_dir(config: TokenizerRunConfig) -> Path:
+    return Path(config.output_dir) / config.name
+
+
+def train(config: TokenizerRunConfig) -> dict[str, float]:
+    """Train a tokenizer as `config` says; returns the last evaluation's metrics."""
+    loop = Loop(config.train, run_dir(config), config_dict(config))
+    dataset = build_dataset(config.data, "train")
+    trainer = TokenizerTrainer(config, image_channels(config.data), validation_images(config.data, config.eval_images))
+    return loop.run(trainer, dataset)
+
+
+def evaluate_run(folder: Path, count: int | None = None) -> str:
+    """Trained vs untrained tokenizer of a run on its validation images, as a printed table; also eval.json."""
+    config = load_config(folder / "config.yaml")
+    if not isinstance(config, TokenizerRunConfig):
+        raise GenkitError(f"{folder} is not a tokenizer run")
+    images = validation_images(config.data, count or config.eval_images)
+    torch.manual_seed(config.train.seed)
+    untrained = build_tokenizer(config.model, image_channels(config.data)).eval()
+    rows = {"untrained": evaluate_tokenizer(untrained, images)[0], "trained": None}
+    trained = load_tokenizer(folder / "model")
+    rows["trained"], reconstruction = evaluate_tokenizer(trained, images)
+    grid = folder / "grids" / "eval_reconstruction.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image_grid(torch.cat([images[:16], reconstruction[:16]])).float() / 255, grid)
+    write_json(folder / "eval.json", {"images": len(images), "codebook_size": trained.codebook_size, **rows})
+    lines = [f"{'model':<10}{'PSNR dB':>9}{'usage':>8}{'perplexity':>12}{'images/s':>10}"]
+    for name, m in rows.items():
+        lines.append(
+            f"{name:<10}{m['psnr']:>9.2f}{m['codebook_usage']:>8.1%}{m['perplexity']:>12.1f}"
+            f"{m['images_per_second_eval']:>10.0f}"
+        )
+    wandb_runs = sorted((folder / "wandb").glob("offline-run-*")) if (folder / "wandb").is_dir() else []
+    lines += [
+        f"{len(images)} validation images of {config.data.source}, codebook size {trained.codebook_size}",
+        f"reconstructions: {grid}",
+        f"W&B offline run: {wandb_runs[-1] if wandb_runs else 'none (train.tracker was not wandb)'}",
+    ]
+    return "\n".join(lines)
