@@ -72,5 +72,6 @@ class RunLog:
         return path
 
     def finish(self) -> None:
-        """Close the trackers and the process group cleanly."""
-        self.accelerator.end_training()
+        """Close the trackers; the process group stays up for a pipeline's next stage (the CLI ends it)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import find_batch_size, send_to_device, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
@@ -105,7 +105,7 @@ class Trainer(Protocol):
     optimizers: dict[str, torch.optim.Optimizer]
     ema_model: str | None
 
-    def train_step(self, batch: Tensor, loop: "Loop") -> dict[str, Tensor]: ...
+    def train_step(self, batch: Tensor | list[Tensor], loop: "Loop") -> dict[str, Tensor]: ...
 
     def evaluate(self, loop: "Loop", step: int) -> dict[str, float]: ...
 
@@ -333,6 +333,9 @@ class Loop:
             start=step * config.grad_accum_steps,
         )
         batches = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
+        if step == 0:
+            # Models are initialised alike on every rank; the noise a trainer draws must differ between ranks.
+            set_seed(config.seed + 1, device_specific=True)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         metrics: dict[str, float] = {}
         progress = tqdm(
@@ -342,10 +345,10 @@ class Loop:
             saved_at, started, images = step, time.perf_counter(), 0
             while step < config.steps:
                 for _ in range(config.grad_accum_steps):
-                    batch = next(batches).to(self.device)
+                    batch = send_to_device(next(batches), self.device)
                     with accelerator.accumulate(*trainer.models.values()):
                         losses = trainer.train_step(batch, self)
-                    images += len(batch) * accelerator.num_processes
+                    images += find_batch_size(batch) * accelerator.num_processes
                 if self.ema is not None:
                     self.ema.step(self.unwrap(trainer.ema_model).parameters())
                 step += 1
