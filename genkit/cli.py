@@ -4,13 +4,24 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+
 import samplers
 from genkit import __version__
 from genkit.config import load_config
 from genkit.errors import GenkitError
+from genkit.generate import sample_run
+from genkit.train import flow, reflow
 from genkit.train import tokenizer as tokenizer_training
 
-RUNNERS = {"tokenizer": tokenizer_training.train}
+
+def run_reflow(config: reflow.ReflowRunConfig) -> None:
+    """Every ReFlow stage, then the table of straightness and distances per stage."""
+    print(reflow.format_summary(reflow.run(config)))
+
+
+RUNNERS = {"tokenizer": tokenizer_training.train, "flow": flow.train, "reflow": run_reflow}
 
 
 def list_solvers(args: argparse.Namespace) -> None:
@@ -34,6 +45,13 @@ def eval_tokenizer(args: argparse.Namespace) -> None:
     print(report)
 
 
+def sample(args: argparse.Namespace) -> None:
+    """Sample a trained velocity model with a solver at an exact NFE; write the tensor and a picture."""
+    samples, stem = sample_run(Path(args.run_dir), args.solver, args.nfe, args.schedule, args.num, args.seed)
+    if PartialState().is_main_process:
+        print(f"{len(samples)} samples with {args.solver} at NFE {args.nfe}: {stem}.safetensors, {stem}.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genkit {__version__}")
@@ -47,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
     eval_parser.add_argument("--images", type=int, default=None, help="validation images (default: the run's)")
     eval_parser.set_defaults(handler=eval_tokenizer)
+    sample_parser = commands.add_parser(
+        "sample", help="sample a trained flow: genkit sample RUN --solver euler --nfe 4"
+    )
+    sample_parser.add_argument("run_dir", metavar="RUN", help="a flow or reflow run folder")
+    sample_parser.add_argument("--solver", default="euler", choices=list(samplers.SOLVERS))
+    sample_parser.add_argument("--nfe", type=int, default=4, help="exact number of network evaluations")
+    sample_parser.add_argument(
+        "--schedule", default="uniform", choices=list(samplers.SCHEDULES), help="uniform: rectified time; else EDM"
+    )
+    sample_parser.add_argument("--num", type=int, default=64, help="how many samples")
+    sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.set_defaults(handler=sample)
     return parser
 
 
@@ -57,4 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except (GenkitError, samplers.SamplerError) as error:
         print(f"genkit: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        # Ranks that leave without tearing the group down can abort at exit (seen with gloo).
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0

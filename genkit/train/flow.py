@@ -1,0 +1,177 @@
+"""Rectified-flow training: regress v(x_t, t) on x1 - x0 along x_t = t x1 + (1 - t) x0, through the shared loop.
+
+The coupling (x0, x1) is independent noise and data for a 1-rectified flow, or the (z, Z1(z)) pairs of a
+previous flow for ReFlow; `time_sampling=zero` trains only at t = 0, the one-step distillation.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genkit.checkpoint import load_weights, save_weights
+from genkit.config import check_choice, config_dict, register_task
+from genkit.data import DataConfig, build_dataset, data_shape
+from genkit.errors import GenkitError
+from genkit.metrics import sliced_wasserstein, straightness
+from genkit.nets import VELOCITY_NETS, build_velocity_net
+from genkit.paths import RectifiedPath
+from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
+from genkit.train.pairs import PairDataset
+from samplers import euler, uniform
+
+TIME_SAMPLING = ("uniform", "logit_normal", "zero")
+# The RectifiedFlow reference draws t from U[eps, 1]: the velocity at exactly t = 0 is learned by distillation.
+T_EPS = 1e-3
+
+
+@dataclass
+class VelocityNetConfig:
+    """`mlp` (hidden, depth) for low-dimensional data, `unet` (block_channels, ...) for images."""
+
+    kind: str = "mlp"
+    hidden: int = 256
+    depth: int = 3
+    block_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    norm_groups: int = 8
+    attention: bool = False
+
+    def __post_init__(self):
+        check_choice("model.kind", self.kind, tuple(VELOCITY_NETS))
+
+    def build(self, shape: tuple[int, ...]) -> nn.Module:
+        """The untrained network for data of `shape`."""
+        if self.kind == "mlp":
+            return build_velocity_net("mlp", dim=math.prod(shape), hidden=self.hidden, depth=self.depth)
+        if len(shape) != 3:
+            raise GenkitError(f"model.kind=unet needs image data, got samples of shape {shape}; use model.kind=mlp")
+        return build_velocity_net(
+            "unet",
+            channels=shape[0],
+            image_size=shape[-1],
+            block_channels=list(self.block_channels),
+            layers_per_block=self.layers_per_block,
+            norm_groups=self.norm_groups,
+            attention=self.attention,
+        )
+
+
+@dataclass
+class FlowConfig:
+    """What the flow regresses on: the coupling (fresh noise, or `pairs`), time sampling, initial weights."""
+
+    time_sampling: str = "uniform"
+    pairs: str | None = None
+    init_from: str | None = None
+
+    def __post_init__(self):
+        check_choice("flow.time_sampling", self.time_sampling, TIME_SAMPLING)
+
+
+@register_task("flow")
+@dataclass
+class FlowRunConfig:
+    """A rectified-flow training run in `runs/<name>/`; its `model/` folder is a velocity model for `genkit sample`."""
+
+    task: str = "flow"
+    name: str = "flow"
+    output_dir: str = "runs"
+    eval_samples: int = 512
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="gmm"))
+    model: VelocityNetConfig = field(default_factory=VelocityNetConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def save_velocity_model(model: nn.Module, folder: Path, kind: str) -> None:
+    """safetensors weights + config.json naming the network kind."""
+    save_weights(folder, model.state_dict(), {"kind": kind, **model.config})
+
+
+def load_velocity_model(folder: Path) -> nn.Module:
+    """A velocity model saved by a flow run (its `model/` folder), in eval mode."""
+    state, config = load_weights(folder)
+    kind = config.pop("kind", None)
+    if kind not in VELOCITY_NETS:
+        raise GenkitError(f"{folder} does not hold a velocity model (kind={kind!r})")
+    model = build_velocity_net(kind, **config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def sample_time(batch: int, how: str, device: torch.device) -> Tensor:
+    """t for each sample: U[eps, 1], sigmoid(N(0, 1)), or 0 (one-step distillation)."""
+    if how == "uniform":
+        return T_EPS + (1 - T_EPS) * torch.rand(batch, device=device)
+    if how == "logit_normal":
+        return torch.sigmoid(torch.randn(batch, device=device))
+    return torch.zeros(batch, device=device)
+
+
+@torch.no_grad()
+def evaluate_flow(model: nn.Module, noise: Tensor, reference_data: Tensor) -> dict[str, float]:
+    """Straightness, and the sliced Wasserstein distance to held-out data after 1, 4 and 32 Euler steps."""
+    metrics = {"straightness": straightness(model, noise, nfe=32)}
+    for nfe in (1, 4, 32):
+        samples = euler(model, noise, uniform(nfe + 1))
+        metrics[f"sliced_wasserstein_{nfe}step"] = sliced_wasserstein(samples, reference_data)
+    return metrics
+
+
+class FlowTrainer:
+    """One velocity network, loss E||v(x_t, t) - (x1 - x0)||^2 (mean over dimensions and batch)."""
+
+    ema_model = "velocity"
+
+    def __init__(self, config: FlowRunConfig, shape: tuple[int, ...], reference_data: Tensor):
+        velocity = config.model.build(shape)
+        if config.flow.init_from:
+            velocity.load_state_dict(load_velocity_model(Path(config.flow.init_from)).state_dict())
+        self.kind, self.flow, self.path = config.model.kind, config.flow, RectifiedPath()
+        self.models = {"velocity": velocity}
+        self.optimizers = {"velocity": config.optimizer.build(velocity.parameters())}
+        self.reference_data = reference_data
+        generator = torch.Generator().manual_seed(config.train.seed)
+        self.noise = torch.randn((len(reference_data), *shape), generator=generator)
+
+    def train_step(self, batch: Tensor | list[Tensor], loop: Loop) -> dict[str, Tensor]:
+        x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
+        t = sample_time(len(x1), self.flow.time_sampling, x1.device)
+        prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t)
+        loss = F.mse_loss(prediction.float(), self.path.target(x0, x1, t).float())
+        loop.update("velocity", loss)
+        return {"loss": loss}
+
+    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
+        model = loop.unwrap("velocity").eval()
+        metrics = evaluate_flow(model, self.noise.to(loop.device), self.reference_data.to(loop.device))
+        if len(self.noise.shape) == 4:
+            shown = self.noise[:32].to(loop.device)
+            loop.log.log_images("samples_1step", euler(model, shown, uniform(2)), step)
+            loop.log.log_images("samples_32step", euler(model, shown, uniform(33)), step)
+        model.train()
+        return metrics
+
+    def export(self, loop: Loop, folder: Path) -> None:
+        save_velocity_model(loop.unwrap("velocity"), folder, self.kind)
+
+
+def held_out(data: DataConfig, count: int) -> Tensor:
+    """The first `count` validation samples: the reference set of every evaluation of a run."""
+    dataset = build_dataset(data, "val")
+    if len(dataset) == 0:
+        raise GenkitError("the validation split is empty; add data or pick another data.source")
+    return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
+
+
+def train(config: FlowRunConfig) -> dict[str, float]:
+    """Train a rectified flow as `config` says; returns the last evaluation's metrics."""
+    loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
+    dataset = PairDataset(Path(config.flow.pairs)) if config.flow.pairs else build_dataset(config.data, "train")
+    trainer = FlowTrainer(config, data_shape(config.data), held_out(config.data, config.eval_samples))
+    return loop.run(trainer, dataset)
