@@ -12,8 +12,6 @@ own arithmetic is free next to the network.
 All numbers and the setup go to runs/bench_samplers.json.
 """
 
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from torch import Tensor
 
 import samplers
 from genkit import DiffusersField, GaussianMixtureField
+from genkit.checkpoint import write_json
 from samplers.solvers import Field
 
 SHAPE = (3, 16, 16)
@@ -123,14 +122,6 @@ def print_table(title: str, table: dict[str, dict[int, float | None]], fmt: str)
     for solver, row in table.items():
         cells = ("-" if row[nfe] is None else format(row[nfe], fmt) for nfe in nfes)
         print(f"{solver:<14}" + "".join(f"{cell:>10}" for cell in cells))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write data as JSON through a temporary file, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def main() -> None:
