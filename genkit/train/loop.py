@@ -367,12 +367,14 @@ class Loop:
                     lrs = {f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()}
                     self.log.log({**means, **lrs, "images_per_second": images / elapsed}, step)
                     progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
-                    started, images = time.perf_counter(), 0
                 if step % config.eval_every == 0 or step == config.steps:
                     metrics = self.evaluate(step)
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
                     self.save_checkpoint(step)
                     saved_at = step
+                if step % config.log_every == 0:
+                    # Throughput covers training only: the clock restarts after evaluation and checkpointing.
+                    started, images = time.perf_counter(), 0
                 if stop:
                     progress.write(f"stopped by signal at step {step}; resume with train.resume=latest")
                     break
