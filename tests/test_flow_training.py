@@ -116,6 +116,10 @@ def test_rerunning_the_pipeline_skips_finished_stages(reflow_run):
     result = genkit(folder, "train", "toy.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
     assert weights.stat().st_mtime_ns == before
+    changed = genkit(folder, "train", "toy.yaml", "reflow_steps=501")
+    assert (
+        changed.returncode == 2 and "2-rf was started with other settings (train.steps: 500 -> 501)" in changed.stderr
+    )
 
 
 def test_sampling_gives_the_same_samples_on_one_or_two_processes(reflow_run):

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import PartialState
 
 from genkit.checkpoint import write_json
-from genkit.config import config_dict, register_task
+from genkit.config import config_dict, flat_config, register_task
 from genkit.data import DataConfig, data_shape
 from genkit.errors import GenkitError
 from genkit.train import flow
@@ -92,6 +93,21 @@ def training_stage(config: ReflowRunConfig, stage: str, pairs: Path | None, init
     )
 
 
+def check_stage_settings(folder: Path, expected: FlowRunConfig) -> None:
+    """A stage already started must continue with the settings it started with, or be retrained on purpose."""
+    if not (folder / "config.yaml").exists():
+        return
+    saved = flat_config(yaml.safe_load((folder / "config.yaml").read_text()))
+    wanted = flat_config(config_dict(expected))
+    changed = [key for key in wanted if key != "train.resume" and saved.get(key) != wanted[key]]
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)} -> {wanted[key]}" for key in changed[:3])
+        raise GenkitError(
+            f"stage {folder} was started with other settings ({details}); delete that folder to retrain it, "
+            "or give the run another name=..."
+        )
+
+
 def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
     """Run every unfinished stage; returns each training stage's evaluation (also in summary.json)."""
     root = Path(config.output_dir) / config.name
@@ -117,8 +133,10 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
                 )
             pairs = folder
         else:
+            stage_config = training_stage(config, stage, pairs, model / "model" if model else None)
+            check_stage_settings(folder, stage_config)
             if not (folder / "model").exists():
-                flow.train(training_stage(config, stage, pairs, model / "model" if model else None))
+                flow.train(stage_config)
             model = folder
     summary = summarize(config, root)
     if state.is_main_process:
