@@ -308,3 +308,11 @@ def _torchvision(config: DataConfig, split: str) -> WithoutLabels:
             "access (or place the files there) and set data.path, or use data.source=crops for the embedded data"
         ) from None
     return WithoutLabels(dataset)
+
+
+def validation_samples(config: DataConfig, count: int) -> Tensor:
+    """The first `count` validation samples: the fixed reference set every evaluation of a run sees."""
+    dataset = build_dataset(config, "val")
+    if len(dataset) == 0:
+        raise GenkitError("the validation split is empty; add data or pick another data.source")
+    return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from genkit.checkpoint import write_json
 from genkit.config import load_config
-from genkit.train.tokenizer import TokenizerRunConfig, evaluate_tokenizer, load_tokenizer, train, validation_images
+from genkit.data import validation_samples
+from genkit.train.tokenizer import TokenizerRunConfig, evaluate_tokenizer, load_tokenizer, train
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
@@ -188,7 +189,7 @@ def usage_table(kinds: tuple[str, ...], steps: int) -> tuple[dict[str, dict[int,
             config = load_config(CONFIG, run_overrides(kind, size, steps))
             if images is None:
                 # Every run shares demo.yaml's data config, hence one val batch for all.
-                images = validation_images(config.data, VAL_IMAGES)
+                images = validation_samples(config.data, VAL_IMAGES)
             table[kind][size] = usage_run(config, images)
             cell = table[kind][size]
             print(

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from genkit.checkpoint import load_weights, save_weights
 from genkit.config import check_choice, config_dict, register_task
-from genkit.data import DataConfig, build_dataset, data_shape
+from genkit.data import DataConfig, build_dataset, data_shape, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.nets import VELOCITY_NETS, build_velocity_net
@@ -161,17 +161,9 @@ class FlowTrainer:
         save_velocity_model(loop.unwrap("velocity"), folder, self.kind)
 
 
-def held_out(data: DataConfig, count: int) -> Tensor:
-    """The first `count` validation samples: the reference set of every evaluation of a run."""
-    dataset = build_dataset(data, "val")
-    if len(dataset) == 0:
-        raise GenkitError("the validation split is empty; add data or pick another data.source")
-    return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
-
-
 def train(config: FlowRunConfig) -> dict[str, float]:
     """Train a rectified flow as `config` says; returns the last evaluation's metrics."""
     loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
     dataset = PairDataset(Path(config.flow.pairs)) if config.flow.pairs else build_dataset(config.data, "train")
-    trainer = FlowTrainer(config, data_shape(config.data), held_out(config.data, config.eval_samples))
+    trainer = FlowTrainer(config, data_shape(config.data), validation_samples(config.data, config.eval_samples))
     return loop.run(trainer, dataset)

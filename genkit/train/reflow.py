@@ -15,10 +15,10 @@ from accelerate import PartialState
 
 from genkit.checkpoint import write_json
 from genkit.config import config_dict, flat_config, register_task
-from genkit.data import DataConfig, data_shape
+from genkit.data import DataConfig, data_shape, validation_samples
 from genkit.errors import GenkitError
 from genkit.train import flow
-from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow, held_out, load_velocity_model
+from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow, load_velocity_model
 from genkit.train.loop import OptimizerConfig, TrainConfig
 from genkit.train.pairs import generate_pairs
 
@@ -147,7 +147,7 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
 @torch.no_grad()
 def summarize(config: ReflowRunConfig, root: Path) -> dict[str, dict[str, float]]:
     """Straightness and 1/4/32-step distances to held-out data of every trained stage, on the same noise."""
-    reference_data = held_out(config.data, config.eval_samples)
+    reference_data = validation_samples(config.data, config.eval_samples)
     generator = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn((len(reference_data), *data_shape(config.data)), generator=generator)
     return {

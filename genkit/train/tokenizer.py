@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 
 from genkit.checkpoint import load_weights, save_weights, write_json
 from genkit.config import check_choice, config_dict, load_config, register_task
-from genkit.data import DataConfig, build_dataset, image_channels
+from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import psnr
 from genkit.tracking import image_grid
@@ -110,14 +110,6 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     return tokenizer.eval()
 
 
-def validation_images(data: DataConfig, count: int) -> Tensor:
-    """The first `count` validation images: the fixed batch every evaluation of a run sees."""
-    dataset = build_dataset(data, "val")
-    if len(dataset) == 0:
-        raise GenkitError("the validation split is empty; add images or pick another data.source")
-    return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
-
-
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, images: Tensor) -> tuple[dict[str, float], Tensor]:
     """PSNR of decode(encode(x)), codebook usage and perplexity, images/s; and the reconstructions."""
@@ -175,7 +167,7 @@ def train(config: TokenizerRunConfig) -> dict[str, float]:
     """Train a tokenizer as `config` says; returns the last evaluation's metrics."""
     loop = Loop(config.train, run_dir(config), config_dict(config))
     dataset = build_dataset(config.data, "train")
-    trainer = TokenizerTrainer(config, image_channels(config.data), validation_images(config.data, config.eval_images))
+    trainer = TokenizerTrainer(config, image_channels(config.data), validation_samples(config.data, config.eval_images))
     return loop.run(trainer, dataset)
 
 
@@ -184,7 +176,7 @@ def evaluate_run(folder: Path, count: int | None = None) -> str:
     config = load_config(folder / "config.yaml")
     if not isinstance(config, TokenizerRunConfig):
         raise GenkitError(f"{folder} is not a tokenizer run")
-    images = validation_images(config.data, count or config.eval_images)
+    images = validation_samples(config.data, count or config.eval_images)
     torch.manual_seed(config.train.seed)
     untrained = build_tokenizer(config.model, image_channels(config.data)).eval()
     rows = {"untrained": evaluate_tokenizer(untrained, images)[0], "trained": None}
