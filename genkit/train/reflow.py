@@ -6,6 +6,7 @@ stages and resumes an unfinished one from its last checkpoint.
 """
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,11 +110,11 @@ def check_stage_settings(folder: Path, expected: FlowRunConfig) -> None:
 
 
 def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
-    """Run every unfinished stage; returns each training stage's evaluation (also in summary.json)."""
+    """Run every unfinished stage; returns each training stage's evaluation (summary.json, redone when a stage ran)."""
     root = Path(config.output_dir) / config.name
     shape = data_shape(config.data)
     state = PartialState()
-    model, pairs = None, None
+    model, pairs, ran = None, None, False
     for stage in stage_names(config):
         folder = root / stage
         if stage.startswith("pairs"):
@@ -131,13 +132,17 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
                     nfe=settings.nfe,
                     batch_size=settings.batch_size,
                 )
+                ran = True
             pairs = folder
         else:
             stage_config = training_stage(config, stage, pairs, model / "model" if model else None)
             check_stage_settings(folder, stage_config)
             if not (folder / "model").exists():
                 flow.train(stage_config)
+                ran = True
             model = folder
+    if not ran and (root / "summary.json").exists():
+        return json.loads((root / "summary.json").read_text())["stages"]
     summary = summarize(config, root)
     if state.is_main_process:
         write_json(root / "summary.json", {"config": config_dict(config), "stages": summary})
