@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="sample a trained flow: genkit sample RUN --solver euler --nfe 4"
     )
     sample_parser.add_argument("run_dir", metavar="RUN", help="a flow or reflow run folder")
-    sample_parser.add_argument("--solver", default="euler", choices=list(samplers.SOLVERS))
+    sample_parser.add_argument("--solver", default="euler", choices=samplers.BASELINES)
     sample_parser.add_argument("--nfe", type=int, default=4, help="exact number of network evaluations")
     sample_parser.add_argument(
         "--schedule", default="uniform", choices=list(samplers.SCHEDULES), help="uniform: rectified time; else EDM"

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from samplers.amed import amed
 from samplers.errors import SamplerError
 from samplers.schedules import SCHEDULES
 from samplers.solvers import Callback, Field, dpm_solver_2, dpmpp_2m, euler, heun, ipndm
@@ -15,8 +16,11 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "dpm_solver_2": dpm_solver_2,
     "dpmpp_2m": dpmpp_2m,
     "ipndm": ipndm,
+    "amed": amed,
 }
-EVALUATIONS_PER_STEP = {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1}
+# The solvers that need nothing but a field; AMED also needs a trained predictor.
+BASELINES = ("euler", "heun", "dpm_solver_2", "dpmpp_2m", "ipndm")
+EVALUATIONS_PER_STEP = {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1, "amed": 2}
 
 
 class CountingField:
@@ -31,19 +35,22 @@ class CountingField:
         return self.field(x, t)
 
 
-def solver_nfe(solver: str, timesteps: Tensor) -> int:
-    """Exact number of field evaluations `solver` spends on `timesteps`."""
+def solver_nfe(solver: str, timesteps: Tensor, **solver_opts) -> int:
+    """Exact number of field evaluations `solver` spends on `timesteps` with these options."""
     per_step = EVALUATIONS_PER_STEP[solver]
+    if solver == "amed":
+        # The analytical first step (on by default) replaces the evaluation at t_0: NFE = 2(N - 1) - [afs].
+        return per_step * (len(timesteps) - 1) - int(solver_opts.get("afs", True))
     # Two-stage solvers take a plain Euler step when the last time is 0 (the EDM field is undefined there).
     return per_step * (len(timesteps) - 1) - (per_step == 2 and bool(timesteps[-1] == 0))
 
 
-def _check_choice(kind: str, name: str, choices: dict, opts: dict, leading: int) -> None:
+def _check_choice(kind: str, name: str, choices: dict, opts: dict, leading: int, **extra) -> None:
     """A known name, and options its function accepts after its `leading` positional arguments."""
     if name not in choices:
         raise SamplerError(f"unknown {kind} {name!r}; choose one of: {', '.join(choices)}")
     try:
-        inspect.signature(choices[name]).bind(*[None] * leading, **opts)
+        inspect.signature(choices[name]).bind(*[None] * leading, **extra, **opts)
     except TypeError as error:
         raise SamplerError(f"bad options {opts} for {kind} {name!r}: {error}") from None
 
@@ -60,13 +67,13 @@ def sample(
 ) -> Tensor:
     """Integrate from x at the schedule's first time with `solver`, spending exactly `nfe` evaluations."""
     schedule_opts, solver_opts = schedule_opts or {}, solver_opts or {}
-    _check_choice("solver", solver, SOLVERS, solver_opts, leading=4)
+    _check_choice("solver", solver, SOLVERS, solver_opts, leading=3, callback=None)
     _check_choice("schedule", schedule, SCHEDULES, schedule_opts, leading=1)
     make_schedule = SCHEDULES[schedule]
     if nfe < 1:
         raise SamplerError(f"nfe must be at least 1, got {nfe}")
 
-    costs = {n: solver_nfe(solver, make_schedule(n, **schedule_opts)) for n in range(2, nfe + 3)}
+    costs = {n: solver_nfe(solver, make_schedule(n, **schedule_opts), **solver_opts) for n in range(2, nfe + 3)}
     lengths = [n for n, cost in costs.items() if cost == nfe]
     if not lengths:
         reachable = sorted(cost for cost in costs.values() if abs(cost - nfe) <= 2)
@@ -75,7 +82,7 @@ def sample(
             f"nfe={nfe} on the {schedule!r} schedule; nearby budgets it can spend: {reachable}"
         )
     counting = CountingField(field)
-    x = SOLVERS[solver](counting, x, make_schedule(lengths[0], **schedule_opts), callback, **solver_opts)
+    x = SOLVERS[solver](counting, x, make_schedule(lengths[0], **schedule_opts), callback=callback, **solver_opts)
     if counting.nfe != nfe:
         raise RuntimeError(f"{solver} spent {counting.nfe} evaluations, expected {nfe}: solver_nfe is out of date")
     return x

@@ -1,6 +1,6 @@
 """Benchmark the baseline ODE samplers: accuracy per NFE, and cost beyond the network.
 
-Accuracy: every solver in `samplers.SOLVERS` integrates the exact EDM velocity of a random Gaussian mixture
+Accuracy: every solver in `samplers.BASELINES` integrates the exact EDM velocity of a random Gaussian mixture
 from sigma = 80 to sigma = 0.002 at NFE 3..12, from one fixed float64 noise batch. The error is the terminal
 RMSE against scipy's DOP853 solution at rtol = atol = 1e-9; lower is better, and "-" marks an NFE the solver
 cannot spend exactly (two-stage solvers spend evaluations in pairs).
@@ -56,7 +56,7 @@ def run(field: Field, x: Tensor, solver: str, nfe: int) -> Tensor:
 def rmse_table(field: GaussianMixtureField, x: Tensor, x_ref: Tensor) -> dict[str, dict[int, float | None]]:
     """Terminal RMSE against the reference for every solver and NFE; None where the NFE is out of reach."""
     table: dict[str, dict[int, float | None]] = {}
-    for solver in samplers.SOLVERS:
+    for solver in samplers.BASELINES:
         table[solver] = {}
         for nfe in NFES:
             try:
@@ -100,7 +100,7 @@ def overhead_table(unet: UNet2DModel) -> tuple[float, dict[str, dict[int, float]
     for _ in range(3):
         field(x, sigma)
     call_times: list[float] = []
-    walls: dict[tuple[str, int], list[float]] = {(s, n): [] for s in samplers.SOLVERS for n in OVERHEAD_NFES}
+    walls: dict[tuple[str, int], list[float]] = {(s, n): [] for s in samplers.BASELINES for n in OVERHEAD_NFES}
     # Rounds interleave everything timed, so a burst of load from another process slows all entries alike.
     for _ in range(REPEATS):
         call_times += [seconds(field, x, sigma) for _ in range(CALLS_PER_ROUND)]
@@ -109,7 +109,7 @@ def overhead_table(unet: UNet2DModel) -> tuple[float, dict[str, dict[int, float]
     call_seconds = statistics.median(call_times)
     table = {
         solver: {nfe: statistics.median(walls[solver, nfe]) / (nfe * call_seconds) for nfe in OVERHEAD_NFES}
-        for solver in samplers.SOLVERS
+        for solver in samplers.BASELINES
     }
     return call_seconds, table
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genkit import GaussianMixtureField, RectifiedAsEDM
-from samplers import SOLVERS, karras, logsnr, reference, sample, uniform
+from samplers import BASELINES, karras, logsnr, reference, sample, uniform
 
 
 def test_reference_matches_the_gaussian_closed_form():
@@ -27,7 +27,7 @@ def mixture_problem():
     return field, x, reference(field.edm, x, 80.0, 0.002, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("name", BASELINES)
 def test_every_solver_converges_to_the_reference_on_a_mixture(name, mixture_problem):
     field, x, x_ref = mixture_problem
     schedule = "logsnr" if name == "dpmpp_2m" else "karras"

@@ -1,0 +1,102 @@
+"""AMED-Solver (Zhou et al., CVPR 2024): a learned intermediate time per interval, mean-value direction.
+
+Works on any EDM-form field (time = sigma > 0, velocity = (x - D(x, sigma)) / sigma). The predictor sees
+features that every field provides (a pooled summary of the slope d_n), never a network's module names.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samplers.errors import SamplerError
+from samplers.solvers import Callback, Field, as_timesteps, batch_time
+
+FEATURE_SIZE = 64
+Predictor = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def slope_features(d: Tensor) -> Tensor:
+    """The slope pooled to 64 numbers per sample: channel mean then 8x8 average pool for images, 1-D pool else."""
+    if d.ndim == 4:
+        return F.adaptive_avg_pool2d(d.mean(1, keepdim=True), 8).flatten(1)
+    return F.adaptive_avg_pool1d(d.reshape(d.shape[0], 1, -1), FEATURE_SIZE).flatten(1)
+
+
+def time_embedding(sigma: Tensor, channels: int = 8, max_positions: int = 10_000) -> Tensor:
+    """Sinusoidal embedding of raw sigma, [cos, sin] with endpoint frequencies (ALGORITHMS 1.6)."""
+    frequencies = (1 / max_positions) ** (torch.arange(channels // 2, device=sigma.device) / (channels // 2 - 1))
+    angles = sigma.float()[:, None] * frequencies[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class AMEDPredictor(nn.Module):
+    """g(features, t_n, t_{n+1}) -> (r, c, a): r in (0, 1); c in (1 +- scale_dir), a in (1 +- scale_time), 1 when 0."""
+
+    def __init__(self, feature_size: int = FEATURE_SIZE, scale_dir: float = 0.01, scale_time: float = 0.0):
+        super().__init__()
+        self.scale_dir, self.scale_time = scale_dir, scale_time
+        self.encoder = nn.Sequential(nn.Linear(feature_size, 128), nn.SiLU(), nn.Linear(128, 4))
+        self.time_layer = nn.Sequential(nn.Linear(8, 8), nn.SiLU())
+        nn.init.xavier_uniform_(self.time_layer[0].weight)
+        self.fc_r = nn.Linear(20, 1)
+        self.fc_scale_dir = nn.Linear(20, 1) if scale_dir > 0 else None
+        self.fc_scale_time = nn.Linear(20, 1) if scale_time > 0 else None
+
+    def forward(self, features: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = features.shape[0]
+        times = torch.stack([t, t_next]).reshape(2).to(features.device)
+        embedded = self.time_layer(time_embedding(times)).reshape(1, 16).expand(batch, 16)
+        hidden = torch.cat([self.encoder(features.float()), embedded], dim=1)
+        r = torch.sigmoid(self.fc_r(hidden)).squeeze(1)
+        ones = torch.ones_like(r)
+        c = ones if self.fc_scale_dir is None else self._bounded(self.fc_scale_dir(hidden), self.scale_dir)
+        a = ones if self.fc_scale_time is None else self._bounded(self.fc_scale_time(hidden), self.scale_time)
+        return r, c, a
+
+    @staticmethod
+    def _bounded(logit: Tensor, scale: float) -> Tensor:
+        """(1 - scale) + 2 scale sigmoid(logit): a factor within (1 - scale, 1 + scale)."""
+        return (1 - scale + 2 * scale * torch.sigmoid(logit)).squeeze(1)
+
+
+def intermediate_time(t: Tensor, t_next: Tensor, r: Tensor) -> Tensor:
+    """s = t^(1-r) t_next^r: geometric interpolation, uniform in log sigma, between t_next and t."""
+    return t ** (1 - r) * t_next**r
+
+
+def amed(
+    field: Field,
+    x: Tensor,
+    timesteps: Tensor,
+    predictor: Predictor,
+    afs: bool = True,
+    callback: Callback = None,
+) -> Tensor:
+    """AMED-Solver: s = t_n^(1-r) t_{n+1}^r, x_s = x_n + (s - t_n) d_n, x_{n+1} = x_n + c (t_{n+1} - t_n) a d(x_s, a s).
+
+    The network sees a s but the slope is divided by s: with velocity v = (x - D)/sigma, (x_s - D(x_s; a s)) / s
+    = a v(x_s, a s). AFS: the first slope is x / sqrt(1 + t_0^2) with no evaluation, and zero features.
+    Costs 2 evaluations an interval, one fewer with AFS.
+    """
+    timesteps = as_timesteps(timesteps, x)
+    if (timesteps <= 0).any():
+        raise SamplerError("amed needs an EDM-form field on timesteps sigma > 0 (end at sigma_min, not 0)")
+    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
+        if afs and i == 0:
+            d = x / math.sqrt(1 + t.item() ** 2)
+            features = torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
+        else:
+            d = field(x, batch_time(t, x))
+            features = slope_features(d)
+        r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
+        s = intermediate_time(t, t_next, r)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        x_s = x + (s - t).reshape(shape) * d
+        d_s = a.reshape(shape) * field(x_s, a * s)
+        x = x + (c * (t_next - t)).reshape(shape) * d_s
+    return x

@@ -1,0 +1,127 @@
+"""AMED-Solver against DPM-Solver-2 and Euler (facts 1-2), the Gaussian's exact r (fact 10), NFE, predictor."""
+
+import math
+
+import pytest
+import torch
+
+from genkit import GaussianMixtureField
+from samplers import AMEDPredictor, CountingField, SamplerError, amed, dpm_solver_2, euler, karras, sample
+from samplers.amed import intermediate_time, slope_features
+
+DATA_STD = 0.5
+
+
+def constant(r: float, c: float = 1.0, a: float = 1.0):
+    """A predictor that always answers (r, c, a)."""
+
+    def predict(features, t, t_next):
+        full = lambda value: torch.full((features.shape[0],), value, dtype=torch.float64)  # noqa: E731
+        return full(r), full(c), full(a)
+
+    return predict
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixtureField.random(4, (64,), seed=2, diagonal=True)
+
+
+@pytest.fixture
+def x():
+    return 80 * torch.randn(6, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_r_one_half_is_dpm_solver_2_and_r_zero_is_euler(mixture, x):
+    timesteps = karras(5)
+    torch.testing.assert_close(
+        amed(mixture.edm, x, timesteps, constant(0.5), afs=False), dpm_solver_2(mixture.edm, x, timesteps)
+    )
+    torch.testing.assert_close(
+        amed(mixture.edm, x, timesteps, constant(0.0), afs=False), euler(mixture.edm, x, timesteps)
+    )
+
+
+def test_scale_factors_enter_as_the_formula_says(mixture, x):
+    """c scales the full step; a rescales the time the network sees while the slope is divided by s."""
+    t, t_next = karras(4)[1:3]
+    two = torch.stack([t, t_next])
+    out = amed(mixture.edm, x, two, constant(0.3, c=1.01, a=0.9), afs=False)
+    s = intermediate_time(t, t_next, torch.tensor(0.3, dtype=torch.float64))
+    x_s = x + (s - t) * mixture.edm(x, t.expand(6))
+    denoised = mixture.denoiser(x_s, (0.9 * s).expand(6))
+    torch.testing.assert_close(out, x + 1.01 * (t_next - t) * (x_s - denoised) / s)
+
+
+def test_the_intermediate_time_lies_between_the_ends_and_is_log_linear_in_r():
+    t, t_next = torch.tensor(9.7232, dtype=torch.float64), torch.tensor(0.47, dtype=torch.float64)
+    r = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    s = intermediate_time(t, t_next, r)
+    assert ((s < t) & (s > t_next)).all()
+    torch.testing.assert_close(s.log(), t.log() + r * (t_next.log() - t.log()))
+
+
+def exact_r(t_from: float, t_to: float) -> float:
+    """The r that makes one AMED step exact on data N(0, s^2) (fact 10), by bisection on the 1-D error."""
+    field = lambda x, sigma: sigma.view(-1, 1) * x / (DATA_STD**2 + sigma.view(-1, 1) ** 2)  # noqa: E731
+    x = torch.ones(1, 1, dtype=torch.float64)
+    exact = math.sqrt((DATA_STD**2 + t_to**2) / (DATA_STD**2 + t_from**2))
+    timesteps = torch.tensor([t_from, t_to], dtype=torch.float64)
+    error = lambda r: (amed(field, x, timesteps, constant(r), afs=False) - exact).item()  # noqa: E731
+    low, high = 1e-6, 1 - 1e-6
+    assert error(low) * error(high) < 0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if error(low) * error(middle) > 0 else (low, middle)
+    return (low + high) / 2
+
+
+def test_an_exact_r_exists_on_the_isotropic_gaussian_with_the_documented_values():
+    assert exact_r(80.0, 9.7232) == pytest.approx(0.43, abs=0.01)
+    assert exact_r(0.47, 0.002) == pytest.approx(0.13, abs=0.01)
+
+
+@pytest.mark.parametrize(("afs", "expected"), [(True, 5), (False, 6)])
+def test_nfe_is_two_per_interval_less_one_with_afs(mixture, x, afs, expected):
+    counting = CountingField(mixture.edm)
+    called_at = []
+    recording = lambda y, t: called_at.append(t[0].item()) or counting(y, t)  # noqa: E731
+    amed(recording, x, karras(4), constant(0.4), afs=afs)
+    assert counting.nfe == expected
+    assert (80.0 in called_at) is not afs
+    counting = CountingField(mixture.edm)
+    sample(counting, x, "amed", expected, solver_opts={"predictor": constant(0.4), "afs": afs})
+    assert counting.nfe == expected
+
+
+def test_afs_uses_the_analytic_slope_and_zero_features(mixture, x):
+    seen = []
+
+    def predict(features, t, t_next):
+        seen.append(features.abs().sum().item())
+        return constant(0.5)(features, t, t_next)
+
+    amed(mixture.edm, x, karras(3), predict, afs=True)
+    assert seen[0] == 0 and seen[1] > 0
+
+
+def test_sample_needs_a_predictor_and_amed_refuses_sigma_zero(mixture, x):
+    with pytest.raises(SamplerError, match="predictor"):
+        sample(mixture.edm, x, "amed", 5)
+    with pytest.raises(SamplerError, match="sigma > 0"):
+        amed(mixture.edm, x, torch.tensor([1.0, 0.0], dtype=torch.float64), constant(0.5))
+
+
+def test_predictor_size_bounds_and_features():
+    """About 9k parameters (fact 11), r in (0, 1), c within its +-1% bound (fact 5), a = 1 when off."""
+    predictor = AMEDPredictor(scale_dir=0.01)
+    assert sum(p.numel() for p in predictor.parameters()) == 64 * 128 + 128 + 128 * 4 + 4 + 8 * 8 + 8 + 2 * 21
+    features = 3 * torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    r, c, a = predictor(features, torch.tensor(80.0), torch.tensor(9.7))
+    # Closed bounds: in float32 a saturated sigmoid reaches the ends exactly.
+    assert ((r >= 0) & (r <= 1)).all() and ((c >= 0.99) & (c <= 1.01)).all() and torch.equal(a, torch.ones(32))
+    assert r.std() > 0 and c.std() > 0
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    pooled = slope_features(images)
+    assert pooled.shape == (2, 64)
+    torch.testing.assert_close(pooled[0, 0], images[0, :, :2, :2].mean())
