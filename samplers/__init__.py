@@ -1,6 +1,6 @@
 """ODE samplers over any velocity field `field(x, t) -> dx/dt`, in the style of k-diffusion."""
 
-from samplers.amed import AMEDPredictor, amed
+from samplers.amed import AMEDPredictor, amed, amed_plugin
 from samplers.errors import SamplerError
 from samplers.reference import reference
 from samplers.sample import BASELINES, EVALUATIONS_PER_STEP, SOLVERS, CountingField, sample, solver_nfe
@@ -15,6 +15,7 @@ __all__ = [
     "SOLVERS",
     "CountingField",
     "amed",
+    "amed_plugin",
     "SamplerError",
     "dpm_solver_2",
     "dpmpp_2m",

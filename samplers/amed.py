@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samplers.errors import SamplerError
-from samplers.solvers import Callback, Field, as_timesteps, batch_time
+from samplers.solvers import ADAMS_BASHFORTH, Callback, Field, as_timesteps, batch_time
 
 FEATURE_SIZE = 64
+PLUGIN_BASES = ("euler", "dpm_solver_2", "ipndm")
 Predictor = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
@@ -67,6 +68,35 @@ def intermediate_time(t: Tensor, t_next: Tensor, r: Tensor) -> Tensor:
     return t ** (1 - r) * t_next**r
 
 
+def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
+    timesteps = as_timesteps(timesteps, x)
+    if (timesteps <= 0).any():
+        raise SamplerError(f"{solver} needs an EDM-form field on timesteps sigma > 0 (end at sigma_min, not 0)")
+    return timesteps
+
+
+def _slope(field: Field, x: Tensor, t: Tensor, analytic: bool) -> tuple[Tensor, Tensor]:
+    """(d_n, predictor features); the analytical first step (AFS) is x / sqrt(1 + t^2) with zero features."""
+    if analytic:
+        return x / math.sqrt(1 + t.item() ** 2), torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
+    d = field(x, batch_time(t, x))
+    return d, slope_features(d)
+
+
+def _per_sample(value: Tensor, x: Tensor) -> Tensor:
+    """A [batch] tensor viewed to broadcast against x."""
+    return value.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _mean_slope(field: Field, x_s: Tensor, s: Tensor, a: Tensor) -> Tensor:
+    """(x_s - D(x_s; a s)) / s = a v(x_s, a s): the network sees the rescaled time, the slope divides by s."""
+    return _per_sample(a, x_s) * field(x_s, a * s)
+
+
+def _adams_bashforth(history: list[Tensor]) -> Tensor:
+    return sum(w * d for w, d in zip(ADAMS_BASHFORTH[len(history) - 1], history, strict=True))
+
+
 def amed(
     field: Field,
     x: Tensor,
@@ -75,28 +105,62 @@ def amed(
     afs: bool = True,
     callback: Callback = None,
 ) -> Tensor:
-    """AMED-Solver: s = t_n^(1-r) t_{n+1}^r, x_s = x_n + (s - t_n) d_n, x_{n+1} = x_n + c (t_{n+1} - t_n) a d(x_s, a s).
+    """AMED-Solver: s = t_n^(1-r) t_{n+1}^r, x_s = x_n + (s - t_n) d_n, x_{n+1} = x_n + c (t_{n+1} - t_n) d_s.
 
-    The network sees a s but the slope is divided by s: with velocity v = (x - D)/sigma, (x_s - D(x_s; a s)) / s
-    = a v(x_s, a s). AFS: the first slope is x / sqrt(1 + t_0^2) with no evaluation, and zero features.
-    Costs 2 evaluations an interval, one fewer with AFS.
+    d_s = a v(x_s, a s). Costs 2 evaluations an interval, one fewer with AFS (no evaluation at t_0).
     """
-    timesteps = as_timesteps(timesteps, x)
-    if (timesteps <= 0).any():
-        raise SamplerError("amed needs an EDM-form field on timesteps sigma > 0 (end at sigma_min, not 0)")
+    timesteps = _checked(timesteps, x, "amed")
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        if afs and i == 0:
-            d = x / math.sqrt(1 + t.item() ** 2)
-            features = torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
-        else:
-            d = field(x, batch_time(t, x))
-            features = slope_features(d)
+        d, features = _slope(field, x, t, afs and i == 0)
         r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
         s = intermediate_time(t, t_next, r)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        x_s = x + (s - t).reshape(shape) * d
-        d_s = a.reshape(shape) * field(x_s, a * s)
-        x = x + (c * (t_next - t)).reshape(shape) * d_s
+        d_s = _mean_slope(field, x + _per_sample(s - t, x) * d, s, a)
+        x = x + _per_sample(c * (t_next - t), x) * d_s
+    return x
+
+
+def amed_plugin(
+    field: Field,
+    x: Tensor,
+    timesteps: Tensor,
+    predictor: Predictor,
+    base: str = "ipndm",
+    afs: bool = True,
+    max_order: int = 4,
+    callback: Callback = None,
+) -> Tensor:
+    """AMED-Plugin (ALGORITHMS 1.5): the predicted s_n inserted into a base solver, 2 evaluations an interval.
+
+    euler: x_{n+1} = x_s + c (t_{n+1} - s) d_s, continuing from x_s (not from x_n as AMED-Solver does);
+    dpm_solver_2: x_{n+1} = x_n + c h (d_s / 2r + (1 - 1/2r) d_n);
+    ipndm: both sub-steps t_n -> s -> t_{n+1} are Adams-Bashforth steps on the history of slopes at every
+    t and s point (equal-step weights, order ramping up to max_order), c scaling the second.
+    """
+    if base not in PLUGIN_BASES:
+        raise SamplerError(f"amed_plugin base {base!r} is not one of: {', '.join(PLUGIN_BASES)}")
+    if max_order not in (1, 2, 3, 4):
+        raise SamplerError(f"amed_plugin max_order must be 1, 2, 3 or 4, got {max_order}")
+    timesteps = _checked(timesteps, x, "amed_plugin")
+    history: list[Tensor] = []
+    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
+        d, features = _slope(field, x, t, afs and i == 0)
+        r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
+        s = intermediate_time(t, t_next, r)
+        if base == "ipndm":
+            history = [d, *history[: max_order - 1]]
+            x_s = x + _per_sample(s - t, x) * _adams_bashforth(history)
+            history = [_mean_slope(field, x_s, s, a), *history[: max_order - 1]]
+            x = x_s + _per_sample(c * (t_next - s), x) * _adams_bashforth(history)
+            continue
+        x_s = x + _per_sample(s - t, x) * d
+        d_s = _mean_slope(field, x_s, s, a)
+        if base == "euler":
+            x = x_s + _per_sample(c * (t_next - s), x) * d_s
+        else:
+            weight = _per_sample(1 / (2 * r), x)
+            x = x + _per_sample(c * (t_next - t), x) * (weight * d_s + (1 - weight) * d)
     return x

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from samplers.amed import amed
+from samplers.amed import amed, amed_plugin
 from samplers.errors import SamplerError
 from samplers.schedules import SCHEDULES
 from samplers.solvers import Callback, Field, dpm_solver_2, dpmpp_2m, euler, heun, ipndm
@@ -17,10 +17,19 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m": dpmpp_2m,
     "ipndm": ipndm,
     "amed": amed,
+    "amed_plugin": amed_plugin,
 }
-# The solvers that need nothing but a field; AMED also needs a trained predictor.
+# The solvers that need nothing but a field; the AMED ones also need a trained predictor.
 BASELINES = ("euler", "heun", "dpm_solver_2", "dpmpp_2m", "ipndm")
-EVALUATIONS_PER_STEP = {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1, "amed": 2}
+EVALUATIONS_PER_STEP = {
+    "euler": 1,
+    "heun": 2,
+    "dpm_solver_2": 2,
+    "dpmpp_2m": 1,
+    "ipndm": 1,
+    "amed": 2,
+    "amed_plugin": 2,
+}
 
 
 class CountingField:
@@ -38,7 +47,7 @@ class CountingField:
 def solver_nfe(solver: str, timesteps: Tensor, **solver_opts) -> int:
     """Exact number of field evaluations `solver` spends on `timesteps` with these options."""
     per_step = EVALUATIONS_PER_STEP[solver]
-    if solver == "amed":
+    if solver in ("amed", "amed_plugin"):
         # The analytical first step (on by default) replaces the evaluation at t_0: NFE = 2(N - 1) - [afs].
         return per_step * (len(timesteps) - 1) - int(solver_opts.get("afs", True))
     # Two-stage solvers take a plain Euler step when the last time is 0 (the EDM field is undefined there).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genkit import GaussianMixtureField
-from samplers import AMEDPredictor, CountingField, SamplerError, amed, dpm_solver_2, euler, karras, sample
+from samplers import AMEDPredictor, CountingField, SamplerError, amed, amed_plugin, dpm_solver_2, euler, karras, sample
 from samplers.amed import intermediate_time, slope_features
 
 DATA_STD = 0.5
@@ -125,3 +125,39 @@ def test_predictor_size_bounds_and_features():
     pooled = slope_features(images)
     assert pooled.shape == (2, 64)
     torch.testing.assert_close(pooled[0, 0], images[0, :, :2, :2].mean())
+
+
+def test_plugins_at_their_neutral_r_are_their_base_solvers(mixture, x):
+    """Fact 3: DPM-2 plugin at r = 1/2 is DPM-Solver-2; Euler plugin at r = 0 is Euler; order-1 iPNDM is Euler's."""
+    timesteps = karras(5)
+    plugin = lambda base, r, **opts: amed_plugin(mixture.edm, x, timesteps, constant(r), base=base, afs=False, **opts)  # noqa: E731
+    torch.testing.assert_close(plugin("dpm_solver_2", 0.5), dpm_solver_2(mixture.edm, x, timesteps))
+    torch.testing.assert_close(plugin("euler", 0.0), euler(mixture.edm, x, timesteps))
+    torch.testing.assert_close(plugin("ipndm", 0.3, max_order=1), plugin("euler", 0.3))
+    with pytest.raises(SamplerError, match="base 'unipc'"):
+        plugin("unipc", 0.5)
+
+
+def test_ipndm_plugin_keeps_slopes_at_t_and_s_in_one_history(mixture, x):
+    """Two intervals by hand: sub-steps of orders 1-4 over the slopes d0, d_s0, d1, d_s1; c on the second sub-steps."""
+    t0, t1, t2 = karras(3)
+    r, c = torch.tensor(0.4, dtype=torch.float64), 1.005
+    v = lambda y, sigma: mixture.edm(y, sigma.expand(6))  # noqa: E731
+    s0, s1 = intermediate_time(t0, t1, r), intermediate_time(t1, t2, r)
+    d0 = v(x, t0)
+    x_s0 = x + (s0 - t0) * d0
+    d_s0 = v(x_s0, s0)
+    x1 = x_s0 + c * (t1 - s0) * (3 * d_s0 - d0) / 2
+    d1 = v(x1, t1)
+    x_s1 = x1 + (s1 - t1) * (23 * d1 - 16 * d_s0 + 5 * d0) / 12
+    d_s1 = v(x_s1, s1)
+    x2 = x_s1 + c * (t2 - s1) * (55 * d_s1 - 59 * d1 + 37 * d_s0 - 9 * d0) / 24
+    out = amed_plugin(mixture.edm, x, karras(3), constant(0.4, c=c), base="ipndm", afs=False)
+    torch.testing.assert_close(out, x2)
+
+
+def test_plugin_nfe_and_sample(mixture, x):
+    for afs, expected in ((True, 5), (False, 6)):
+        counting = CountingField(mixture.edm)
+        sample(counting, x, "amed_plugin", expected, solver_opts={"predictor": constant(0.5), "afs": afs})
+        assert counting.nfe == expected

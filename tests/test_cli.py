@@ -9,7 +9,7 @@ def test_solvers_lists_every_solver_with_its_cost(capsys):
     assert main(["solvers"]) == 0
     lines = capsys.readouterr().out.splitlines()
     costs = {line.split()[0]: int(line.split()[1]) for line in lines[1:-1]}
-    assert costs == {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1, "amed": 2}
+    assert costs == {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1, "amed": 2, "amed_plugin": 2}
     assert lines[-1] == "schedules: karras, logsnr, time_uniform, uniform"
 
 
