@@ -75,12 +75,20 @@ def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
     return timesteps
 
 
-def _slope(field: Field, x: Tensor, t: Tensor, analytic: bool) -> tuple[Tensor, Tensor]:
-    """(d_n, predictor features); the analytical first step (AFS) is x / sqrt(1 + t^2) with zero features."""
-    if analytic:
-        return x / math.sqrt(1 + t.item() ** 2), torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
-    d = field(x, batch_time(t, x))
-    return d, slope_features(d)
+def _predicted_interval(
+    field: Field, x: Tensor, i: int, t: Tensor, t_next: Tensor, predictor: Predictor, afs: bool, callback: Callback
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(d_n, r, c, a, s_n) for interval i; with AFS the first slope is x / sqrt(1 + t^2), features zero, no call."""
+    if afs and i == 0:
+        d = x / math.sqrt(1 + t.item() ** 2)
+        features = torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
+    else:
+        d = field(x, batch_time(t, x))
+        features = slope_features(d)
+    r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
+    if callback is not None:
+        callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
+    return d, r, c, a, intermediate_time(t, t_next, r)
 
 
 def _per_sample(value: Tensor, x: Tensor) -> Tensor:
@@ -111,11 +119,7 @@ def amed(
     """
     timesteps = _checked(timesteps, x, "amed")
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        d, features = _slope(field, x, t, afs and i == 0)
-        r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
-        s = intermediate_time(t, t_next, r)
+        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs, callback)
         d_s = _mean_slope(field, x + _per_sample(s - t, x) * d, s, a)
         x = x + _per_sample(c * (t_next - t), x) * d_s
     return x
@@ -145,11 +149,7 @@ def amed_plugin(
     timesteps = _checked(timesteps, x, "amed_plugin")
     history: list[Tensor] = []
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        d, features = _slope(field, x, t, afs and i == 0)
-        r, c, a = (value.to(x.dtype) for value in predictor(features, t, t_next))
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "velocity": d, "r": r, "c": c, "a": a})
-        s = intermediate_time(t, t_next, r)
+        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs, callback)
         if base == "ipndm":
             history = [d, *history[: max_order - 1]]
             x_s = x + _per_sample(s - t, x) * _adams_bashforth(history)
