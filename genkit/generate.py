@@ -18,22 +18,13 @@ import samplers
 from genkit.config import load_config
 from genkit.data import data_shape
 from genkit.errors import GenkitError
+from genkit.fields import model_folder
 from genkit.tracking import image_grid
 from genkit.train.flow import load_velocity_model
 from genkit.velocity import RectifiedAsEDM
 
 SIGMA_SPACE_SOLVERS = ("dpm_solver_2", "dpmpp_2m")
 SIGMA_MAX = 80.0
-
-
-def model_folder(run: Path) -> Path:
-    """The folder holding the model of a flow run, or of the last trained stage of a ReFlow run."""
-    if (run / "model").is_dir():
-        return run
-    stages = sorted((p.parent for p in run.glob("*/model")), key=lambda p: p.stat().st_mtime)
-    if not stages:
-        raise GenkitError(f"{run} holds no trained velocity model (no model/ folder); train it first")
-    return stages[-1]
 
 
 def initial_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> Tensor:

@@ -12,12 +12,26 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 from genkit.paths import broadcast_time
+from samplers.amed import pooled_features, velocity_and_bottleneck
 
 
 class VelocityModel(Protocol):
     """A velocity field: dx/dt at (x, t), with t of shape [batch]."""
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+def with_bottleneck(unet: torch.nn.Module, forward: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    """forward()'s output and the 64 pooled features of a diffusers UNet2DModel's mid_block output during it."""
+    if getattr(unet, "mid_block", None) is None:
+        raise GenkitError("bottleneck features need a U-Net with a middle block (diffusers UNet2DModel.mid_block)")
+    captured = []
+    handle = unet.mid_block.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        output = forward()
+    finally:
+        handle.remove()
+    return output, pooled_features(captured[0])
 
 
 class DenoiserField:
@@ -43,6 +57,13 @@ class RectifiedAsEDM:
         t = 1 / (1 + sigma)
         t_x = broadcast_time(t, x)
         return t_x * (x - self.field(t_x * x, t))
+
+    def velocity_and_bottleneck(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The EDM velocity and the wrapped field's bottleneck features (AMED predictors may read them)."""
+        t = 1 / (1 + sigma)
+        t_x = broadcast_time(t, x)
+        velocity, features = velocity_and_bottleneck(self.field, t_x * x, t)
+        return t_x * (x - velocity), features
 
 
 class GradientField:
@@ -103,6 +124,10 @@ class DiffusersField:
         low = timestep.floor().long().clamp(0, len(log_sigmas) - 2)
         weight = timestep - low
         return ((1 - weight) * log_sigmas[low] + weight * log_sigmas[low + 1]).exp()
+
+    def velocity_and_bottleneck(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The velocity and the U-Net's middle-block output pooled to 64 values (AMED predictors may read them)."""
+        return with_bottleneck(self.unet, lambda: self(x, sigma))
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         sigma_x = broadcast_time(sigma, x)

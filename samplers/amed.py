@@ -1,7 +1,10 @@
 """AMED-Solver (Zhou et al., CVPR 2024): a learned intermediate time per interval, mean-value direction.
 
 Works on any EDM-form field (time = sigma > 0, velocity = (x - D(x, sigma)) / sigma). The predictor sees
-features that every field provides (a pooled summary of the slope d_n), never a network's module names.
+features that every field provides (a pooled summary of the slope d_n), never a network's module names; a
+predictor built with features="bottleneck" instead reads the 64 pooled values that a field's
+`velocity_and_bottleneck(x, t) -> (velocity, features)` method returns with the slope (genkit's U-Net adapters
+have it: the channel mean of the U-Net's middle block, average-pooled to 8x8).
 """
 
 import math
@@ -15,15 +18,32 @@ from samplers.errors import SamplerError
 from samplers.solvers import ADAMS_BASHFORTH, Callback, Field, as_timesteps, batch_time
 
 FEATURE_SIZE = 64
-PLUGIN_BASES = ("euler", "dpm_solver_2", "ipndm")
+PLUGIN_BASES = ("euler", "dpm_solver_2", "ipndm", "dpmpp_2m")
+FEATURES = ("slope", "bottleneck")
 Predictor = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def slope_features(d: Tensor) -> Tensor:
     """The slope pooled to 64 numbers per sample: channel mean then 8x8 average pool for images, 1-D pool else."""
     if d.ndim == 4:
-        return F.adaptive_avg_pool2d(d.mean(1, keepdim=True), 8).flatten(1)
+        return pooled_features(d)
     return F.adaptive_avg_pool1d(d.reshape(d.shape[0], 1, -1), FEATURE_SIZE).flatten(1)
+
+
+def pooled_features(activation: Tensor) -> Tensor:
+    """A [B, C, H, W] activation as 64 numbers per sample: channel mean, then 8x8 adaptive average pool."""
+    return F.adaptive_avg_pool2d(activation.mean(1, keepdim=True).float(), 8).flatten(1)
+
+
+def velocity_and_bottleneck(field: Field, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """field(x, t) and its 64 bottleneck features, from the field's `velocity_and_bottleneck` method."""
+    method = getattr(field, "velocity_and_bottleneck", None)
+    if method is None:
+        raise SamplerError(
+            f"this AMED predictor reads bottleneck features, but the field ({type(field).__name__}) has no "
+            "velocity_and_bottleneck(x, t) method; use a predictor distilled with features='slope'"
+        )
+    return method(x, t)
 
 
 def time_embedding(sigma: Tensor, channels: int = 8, max_positions: int = 10_000) -> Tensor:
@@ -34,12 +54,17 @@ def time_embedding(sigma: Tensor, channels: int = 8, max_positions: int = 10_000
 
 
 class AMEDPredictor(nn.Module):
-    """g(features, t_n, t_{n+1}) -> (r, c, a): r in (0, 1); c in (1 +- scale_dir), a in (1 +- scale_time), 1 when 0."""
+    """g(features, t_n, t_{n+1}) -> (r, c, a): r in (0, 1); c in (1 +- scale_dir), a in (1 +- scale_time), 1 when 0.
 
-    def __init__(self, feature_size: int = FEATURE_SIZE, scale_dir: float = 0.01, scale_time: float = 0.0):
+    `features` names what the 64 inputs are: "slope" (slope_features of d_n) or "bottleneck" (the field's).
+    """
+
+    def __init__(self, features: str = "slope", scale_dir: float = 0.01, scale_time: float = 0.0):
         super().__init__()
-        self.scale_dir, self.scale_time = scale_dir, scale_time
-        self.encoder = nn.Sequential(nn.Linear(feature_size, 128), nn.SiLU(), nn.Linear(128, 4))
+        if features not in FEATURES:
+            raise SamplerError(f"AMEDPredictor features {features!r} is not one of: {', '.join(FEATURES)}")
+        self.features, self.scale_dir, self.scale_time = features, scale_dir, scale_time
+        self.encoder = nn.Sequential(nn.Linear(FEATURE_SIZE, 128), nn.SiLU(), nn.Linear(128, 4))
         self.time_layer = nn.Sequential(nn.Linear(8, 8), nn.SiLU())
         nn.init.xavier_uniform_(self.time_layer[0].weight)
         self.fc_r = nn.Linear(20, 1)
@@ -78,10 +103,12 @@ def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
 def _predicted_interval(
     field: Field, x: Tensor, i: int, t: Tensor, t_next: Tensor, predictor: Predictor, afs: bool, callback: Callback
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(d_n, r, c, a, s_n) for interval i; with AFS the first slope is x / sqrt(1 + t^2), features zero, no call."""
-    if afs and i == 0:
+    """(d_n, r, c, a, s_n) for interval i; `afs`: the slope is x / sqrt(1 + t^2), features zero, no call."""
+    if afs:
         d = x / math.sqrt(1 + t.item() ** 2)
         features = torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
+    elif getattr(predictor, "features", "slope") == "bottleneck":
+        d, features = velocity_and_bottleneck(field, x, batch_time(t, x))
     else:
         d = field(x, batch_time(t, x))
         features = slope_features(d)
@@ -119,10 +146,58 @@ def amed(
     """
     timesteps = _checked(timesteps, x, "amed")
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs, callback)
+        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs and i == 0, callback)
         d_s = _mean_slope(field, x + _per_sample(s - t, x) * d, s, a)
         x = x + _per_sample(c * (t_next - t), x) * d_s
     return x
+
+
+def _dpmpp_substep(x: Tensor, t: Tensor, t_next: Tensor, denoised: Tensor, history: list[Tensor]) -> Tensor:
+    """DPM-Solver++(2M) from t to t_next: D_hat = (1 + 1/2r) D - D_prev / 2r, r = h_prev / h; history [D_prev, h_prev]."""
+    h = (t / t_next).log()
+    if history:
+        denoised_prev, h_prev = history
+        r = h_prev / h
+        denoised = (1 + 1 / (2 * r)) * denoised - denoised_prev / (2 * r)
+    return (t_next / t) * x - torch.expm1(-h) * denoised
+
+
+def amed_plugin_step(
+    field: Field,
+    x: Tensor,
+    t: Tensor,
+    t_next: Tensor,
+    predictor: Predictor,
+    history: list[Tensor],
+    base: str = "ipndm",
+    afs: bool = False,
+    max_order: int = 4,
+    index: int = 0,
+    callback: Callback = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """One AMED-Plugin interval t -> s -> t_next: (x_{n+1}, the base solver's history for the next interval).
+
+    `history` is [] on the first interval; `afs` replaces the evaluation at t (the first interval only).
+    """
+    d, r, c, a, s = _predicted_interval(field, x, index, t, t_next, predictor, afs, callback)
+    if base == "ipndm":
+        history = [d, *history[: max_order - 1]]
+        x_s = x + _per_sample(s - t, x) * _adams_bashforth(history)
+        history = [_mean_slope(field, x_s, s, a), *history[: max_order - 1]]
+        return x_s + _per_sample(c * (t_next - s), x) * _adams_bashforth(history), history
+    if base == "dpmpp_2m":
+        denoised = x - _per_sample(t, x) * d
+        x_s = _dpmpp_substep(x, t, _per_sample(s, x), denoised, history)
+        denoised_s = x_s - _per_sample(s, x) * _mean_slope(field, x_s, s, a)
+        step = [denoised, _per_sample((t / s).log(), x)]
+        x_next = _dpmpp_substep(x_s, _per_sample(s, x), t_next, denoised_s, step)
+        return x_s + _per_sample(c, x) * (x_next - x_s), [denoised_s, _per_sample((s / t_next).log(), x)]
+    x_s = x + _per_sample(s - t, x) * d
+    d_s = _mean_slope(field, x_s, s, a)
+    if base == "euler":
+        return x_s + _per_sample(c * (t_next - s), x) * d_s, history
+    weight = _per_sample(1 / (2 * r), x)
+    return x + _per_sample(c * (t_next - t), x) * (weight * d_s + (1 - weight) * d), history
 
 
 def amed_plugin(
@@ -140,7 +215,8 @@ def amed_plugin(
     euler: x_{n+1} = x_s + c (t_{n+1} - s) d_s, continuing from x_s (not from x_n as AMED-Solver does);
     dpm_solver_2: x_{n+1} = x_n + c h (d_s / 2r + (1 - 1/2r) d_n);
     ipndm: both sub-steps t_n -> s -> t_{n+1} are Adams-Bashforth steps on the history of slopes at every
-    t and s point (equal-step weights, order ramping up to max_order), c scaling the second.
+    t and s point (equal-step weights, order ramping up to max_order), c scaling the second;
+    dpmpp_2m: s_n is one more node of DPM-Solver++(2M) (data prediction), c scaling the second increment.
     """
     if base not in PLUGIN_BASES:
         raise SamplerError(f"amed_plugin base {base!r} is not one of: {', '.join(PLUGIN_BASES)}")
@@ -149,18 +225,7 @@ def amed_plugin(
     timesteps = _checked(timesteps, x, "amed_plugin")
     history: list[Tensor] = []
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs, callback)
-        if base == "ipndm":
-            history = [d, *history[: max_order - 1]]
-            x_s = x + _per_sample(s - t, x) * _adams_bashforth(history)
-            history = [_mean_slope(field, x_s, s, a), *history[: max_order - 1]]
-            x = x_s + _per_sample(c * (t_next - s), x) * _adams_bashforth(history)
-            continue
-        x_s = x + _per_sample(s - t, x) * d
-        d_s = _mean_slope(field, x_s, s, a)
-        if base == "euler":
-            x = x_s + _per_sample(c * (t_next - s), x) * d_s
-        else:
-            weight = _per_sample(1 / (2 * r), x)
-            x = x + _per_sample(c * (t_next - t), x) * (weight * d_s + (1 - weight) * d)
+        x, history = amed_plugin_step(
+            field, x, t, t_next, predictor, history, base, afs and i == 0, max_order, i, callback
+        )
     return x

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from samplers.amed import amed, amed_plugin
+from samplers.amed import amed, amed_plugin, velocity_and_bottleneck
 from samplers.errors import SamplerError
 from samplers.schedules import SCHEDULES
 from samplers.solvers import Callback, Field, dpm_solver_2, dpmpp_2m, euler, heun, ipndm
@@ -42,6 +42,11 @@ class CountingField:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         return self.field(x, t)
+
+    def velocity_and_bottleneck(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The wrapped field's velocity and bottleneck features, one evaluation."""
+        self.nfe += 1
+        return velocity_and_bottleneck(self.field, x, t)
 
 
 def solver_nfe(solver: str, timesteps: Tensor, **solver_opts) -> int:

@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from genkit import GaussianMixtureField
-from samplers import AMEDPredictor, CountingField, SamplerError, amed, amed_plugin, dpm_solver_2, euler, karras, sample
-from samplers.amed import intermediate_time, slope_features
+from samplers import (
+    AMEDPredictor,
+    CountingField,
+    SamplerError,
+    amed,
+    amed_plugin,
+    dpm_solver_2,
+    dpmpp_2m,
+    euler,
+    karras,
+    sample,
+)
+from samplers.amed import amed_plugin_step, intermediate_time, slope_features
 
 DATA_STD = 0.5
 
@@ -134,6 +145,10 @@ def test_plugins_at_their_neutral_r_are_their_base_solvers(mixture, x):
     torch.testing.assert_close(plugin("dpm_solver_2", 0.5), dpm_solver_2(mixture.edm, x, timesteps))
     torch.testing.assert_close(plugin("euler", 0.0), euler(mixture.edm, x, timesteps))
     torch.testing.assert_close(plugin("ipndm", 0.3, max_order=1), plugin("euler", 0.3))
+    # DPM-Solver++(2M) plugin at r = 1/2 is DPM-Solver++(2M) on the grid with the geometric midpoints inserted.
+    midpoints = (timesteps[:-1] * timesteps[1:]).sqrt()
+    refined = torch.stack([timesteps[:-1], midpoints], dim=1).flatten().tolist() + [timesteps[-1].item()]
+    torch.testing.assert_close(plugin("dpmpp_2m", 0.5), dpmpp_2m(mixture.edm, x, torch.tensor(refined)))
     with pytest.raises(SamplerError, match="base 'unipc'"):
         plugin("unipc", 0.5)
 
@@ -161,3 +176,64 @@ def test_plugin_nfe_and_sample(mixture, x):
         counting = CountingField(mixture.edm)
         sample(counting, x, "amed_plugin", expected, solver_opts={"predictor": constant(0.5), "afs": afs})
         assert counting.nfe == expected
+
+
+def test_dpmpp_plugin_scales_the_second_increment_and_uses_the_afs_denoised(mixture, x):
+    """With AFS the first denoised value is x - t x / sqrt(1 + t^2); c multiplies x_{n+1} - x_s (ALGORITHMS 1.5)."""
+    t0, t1 = karras(2)
+    r, c = torch.tensor(0.3, dtype=torch.float64), 0.995
+    s = intermediate_time(t0, t1, r)
+    denoised0 = x - t0 * x / math.sqrt(1 + t0.item() ** 2)
+    x_s = (s / t0) * x - torch.expm1(-(t0 / s).log()) * denoised0
+    denoised_s = x_s - s * mixture.edm(x_s, s.expand(6))
+    ratio = (t0 / s).log() / (s / t1).log()
+    denoised_hat = (1 + 1 / (2 * ratio)) * denoised_s - denoised0 / (2 * ratio)
+    x1 = (t1 / s) * x_s - torch.expm1(-(s / t1).log()) * denoised_hat
+    out = amed_plugin(mixture.edm, x, karras(2), constant(0.3, c=c), base="dpmpp_2m", afs=True)
+    torch.testing.assert_close(out, x_s + c * (x1 - x_s))
+
+
+@pytest.mark.parametrize("base", ["euler", "dpm_solver_2", "ipndm", "dpmpp_2m"])
+def test_the_plugin_is_its_step_function_chained_with_the_history(mixture, x, base):
+    timesteps = karras(4).to(torch.float64)
+    x_steps, history = x, []
+    for i in range(3):
+        x_steps, history = amed_plugin_step(
+            mixture.edm, x_steps, timesteps[i], timesteps[i + 1], constant(0.4), history, base, afs=i == 0
+        )
+    torch.testing.assert_close(x_steps, amed_plugin(mixture.edm, x, timesteps, constant(0.4), base=base))
+
+
+class BottleneckField:
+    """The mixture field with a made-up bottleneck: the first 64 coordinates of x, scaled."""
+
+    def __init__(self, field):
+        self.field = field
+
+    def __call__(self, x, t):
+        return self.field(x, t)
+
+    def velocity_and_bottleneck(self, x, t):
+        return self.field(x, t), 2 * x[:, :64]
+
+
+def test_a_bottleneck_predictor_reads_the_fields_features_and_refuses_a_field_without(mixture, x):
+    seen = []
+
+    def predict(features, t, t_next):
+        seen.append(features)
+        return constant(0.5)(features, t, t_next)
+
+    predict.features = "bottleneck"
+    counting = CountingField(BottleneckField(mixture.edm))
+    out = amed(counting, x, karras(3), predict, afs=True)
+    torch.testing.assert_close(out, amed(mixture.edm, x, karras(3), constant(0.5), afs=True))
+    assert counting.nfe == 3
+    assert torch.equal(seen[0], torch.zeros(6, 64, dtype=torch.float64))
+    x1 = amed(mixture.edm, x, karras(3)[:2], constant(0.5), afs=True)
+    torch.testing.assert_close(seen[1], 2 * x1[:, :64])
+    with pytest.raises(SamplerError, match="no velocity_and_bottleneck"):
+        amed(mixture.edm, x, karras(3), predict, afs=True)
+    assert AMEDPredictor(features="bottleneck").features == "bottleneck"
+    with pytest.raises(SamplerError, match="features 'pixels'"):
+        AMEDPredictor(features="pixels")

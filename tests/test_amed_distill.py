@@ -17,7 +17,7 @@ CONFIG = {
     "task": "amed",
     "name": "gmm",
     "num_samples": 2048,
-    "mixture": {"components": 8, "shape": [64], "seed": 0},
+    "field": {"kind": "mixture", "components": 8, "shape": [64], "seed": 0},
     "amed": {"num_steps": 4, "schedule": "time_uniform", "afs": True, "teacher_steps": 1},
     "train": {"steps": 60, "batch_size": 128, "tracker": "none", "log_every": 20, "eval_every": 1000},
 }
@@ -45,13 +45,13 @@ def test_on_an_isotropic_gaussian_the_distilled_step_is_far_better_than_euler(tm
         **CONFIG,
         "name": "gauss",
         "num_samples": 4096,
-        "mixture": {"components": 1, "shape": [16], "seed": 0, "diagonal": False},
+        "field": {"kind": "mixture", "components": 1, "shape": [16], "seed": 0, "diagonal": False},
         "amed": {"num_steps": 4, "schedule": "time_uniform", "afs": False, "teacher_steps": 8, "scale_dir": 0.0},
         "train": {**CONFIG["train"], "steps": 200},
     }
     config = distil(tmp_path, gaussian)
-    field = config.build_field()
-    predictor = load_predictor(tmp_path / "runs" / "gauss" / "model", config.field_id(), config.amed)
+    field = config.field.load()
+    predictor, _ = load_predictor(tmp_path / "runs" / "gauss" / "model", field.field_id, config.amed)
     x = 80 * torch.randn(256, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     target = reference(field.edm, x, 80.0, 0.002, rtol=1e-10, atol=1e-10)
     with torch.no_grad():
@@ -64,8 +64,8 @@ def test_on_an_isotropic_gaussian_the_distilled_step_is_far_better_than_euler(tm
 def test_distilled_predictor_beats_the_fixed_midpoint_on_the_same_timesteps(distilled):
     """AMED-Solver at NFE 5 against DPM-Solver-2 (r = 1/2, NFE 6) on the same 4 timestamps, vs an RK reference."""
     folder, config = distilled
-    field = config.build_field()
-    predictor = load_predictor(folder / "runs" / "gmm" / "model", config.field_id(), config.amed)
+    field = config.field.load()
+    predictor, _ = load_predictor(folder / "runs" / "gmm" / "model", field.field_id, config.amed)
     x = 80 * torch.randn(256, 64, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     target = reference(field.edm, x, 80.0, 0.002, rtol=1e-9, atol=1e-9)
     timesteps = config.amed.timesteps()
@@ -80,6 +80,6 @@ def test_a_predictor_refuses_other_settings(distilled):
     folder, config = distilled
     other = AmedSettings(num_steps=5, schedule="time_uniform")
     with pytest.raises(GenkitError, match="num_steps: trained for 4, asked for 5"):
-        load_predictor(folder / "runs" / "gmm" / "model", config.field_id(), other)
+        load_predictor(folder / "runs" / "gmm" / "model", config.field.load().field_id, other)
     with pytest.raises(GenkitError, match="field"):
         load_predictor(folder / "runs" / "gmm" / "model", "gmm(other)", config.amed)

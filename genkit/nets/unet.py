@@ -4,6 +4,7 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from genkit.errors import GenkitError
+from genkit.velocity import with_bottleneck
 
 TIME_SCALE = 999
 
@@ -60,3 +61,7 @@ class UNetVelocity(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.unet(x, TIME_SCALE * t).sample
+
+    def velocity_and_bottleneck(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """v(x, t) and the middle block's output (lowest resolution) as 64 pooled values, for AMED predictors."""
+        return with_bottleneck(self.unet, lambda: self(x, t))
