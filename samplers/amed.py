@@ -153,7 +153,7 @@ def amed(
 
 
 def _dpmpp_substep(x: Tensor, t: Tensor, t_next: Tensor, denoised: Tensor, history: list[Tensor]) -> Tensor:
-    """DPM-Solver++(2M) from t to t_next: D_hat = (1 + 1/2r) D - D_prev / 2r, r = h_prev / h; history [D_prev, h_prev]."""
+    """DPM-Solver++(2M) t -> t_next: D_hat = (1 + 1/2r) D - D_prev / 2r, r = h_prev / h; history [D_prev, h_prev]."""
     h = (t / t_next).log()
     if history:
         denoised_prev, h_prev = history
