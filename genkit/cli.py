@@ -47,9 +47,10 @@ def eval_tokenizer(args: argparse.Namespace) -> None:
 
 def sample(args: argparse.Namespace) -> None:
     """Sample a trained velocity model with a solver at an exact NFE; write the tensor and a picture."""
-    samples, stem = sample_run(Path(args.run_dir), args.solver, args.nfe, args.schedule, args.num, args.seed)
+    predictor = Path(args.predictor) if args.predictor else None
+    samples, stem = sample_run(Path(args.run_dir), args.solver, args.nfe, args.schedule, args.num, args.seed, predictor)
     if PartialState().is_main_process:
-        print(f"{len(samples)} samples with {args.solver} at NFE {args.nfe}: {stem}.safetensors, {stem}.png")
+        print(f"{len(samples)} samples with {args.solver}: {stem}.safetensors, {stem}.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="sample a trained flow: genkit sample RUN --solver euler --nfe 4"
     )
     sample_parser.add_argument("run_dir", metavar="RUN", help="a flow or reflow run folder")
-    sample_parser.add_argument("--solver", default="euler", choices=samplers.BASELINES)
-    sample_parser.add_argument("--nfe", type=int, default=4, help="exact number of network evaluations")
+    sample_parser.add_argument("--solver", default="euler", choices=list(samplers.SOLVERS))
     sample_parser.add_argument(
-        "--schedule", default="uniform", choices=list(samplers.SCHEDULES), help="uniform: rectified time; else EDM"
+        "--nfe", type=int, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
+    )
+    sample_parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=list(samplers.SCHEDULES),
+        help="uniform (default): rectified time; else EDM form",
+    )
+    sample_parser.add_argument(
+        "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
     )
     sample_parser.add_argument("--num", type=int, default=64, help="how many samples")
     sample_parser.add_argument("--seed", type=int, default=0)

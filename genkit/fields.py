@@ -93,8 +93,12 @@ def load_flow_run(run: Path, device: torch.device | str = "cpu") -> LoadedField:
     folder = model_folder(run)
     model = frozen(load_velocity_model(folder / "model"), device)
     shape = data_shape(load_config(folder / "config.yaml").data)
-    field_id = f"flow_run(sha256={weights_digest(*sorted((folder / 'model').glob('*.safetensors')))})"
-    return LoadedField(RectifiedAsEDM(model), shape, torch.float32, field_id)
+    return LoadedField(RectifiedAsEDM(model), shape, torch.float32, flow_run_id(folder))
+
+
+def flow_run_id(folder: Path) -> str:
+    """The id of the model in a flow run's `model_folder`: the digest of its weights."""
+    return f"flow_run(sha256={weights_digest(*sorted((folder / 'model').glob('*.safetensors')))})"
 
 
 def load_diffusers(folder: Path, device: torch.device | str = "cpu") -> LoadedField:

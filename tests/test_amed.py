@@ -72,11 +72,11 @@ def test_the_intermediate_time_lies_between_the_ends_and_is_log_linear_in_r():
     torch.testing.assert_close(s.log(), t.log() + r * (t_next.log() - t.log()))
 
 
-def exact_r(t_from: float, t_to: float) -> float:
+def exact_r(t_from: float, t_to: float, data_std: float = DATA_STD) -> float:
     """The r that makes one AMED step exact on data N(0, s^2) (fact 10), by bisection on the 1-D error."""
-    field = lambda x, sigma: sigma.view(-1, 1) * x / (DATA_STD**2 + sigma.view(-1, 1) ** 2)  # noqa: E731
+    field = lambda x, sigma: sigma.view(-1, 1) * x / (data_std**2 + sigma.view(-1, 1) ** 2)  # noqa: E731
     x = torch.ones(1, 1, dtype=torch.float64)
-    exact = math.sqrt((DATA_STD**2 + t_to**2) / (DATA_STD**2 + t_from**2))
+    exact = math.sqrt((data_std**2 + t_to**2) / (data_std**2 + t_from**2))
     timesteps = torch.tensor([t_from, t_to], dtype=torch.float64)
     error = lambda r: (amed(field, x, timesteps, constant(r), afs=False) - exact).item()  # noqa: E731
     low, high = 1e-6, 1 - 1e-6

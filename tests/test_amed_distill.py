@@ -1,5 +1,6 @@
 """AMED predictor distillation on a 64-dim mixture through `genkit train`, and the predictor's settings guard."""
 
+import math
 import os
 import subprocess
 import sys
@@ -7,11 +8,17 @@ import sys
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
+from test_amed import constant, exact_r
+from torch.utils.data import TensorDataset
 
-from genkit.config import load_config
+from genkit import GaussianMixtureField
+from genkit.config import config_dict, load_config
 from genkit.errors import GenkitError
-from genkit.train.amed import AmedSettings, load_predictor
-from samplers import amed, dpm_solver_2, reference, sample
+from genkit.fields import LoadedField
+from genkit.train.amed import AmedRunConfig, AmedSettings, AmedTrainer, load_predictor, sigma_max_noise
+from genkit.train.loop import Loop, TrainConfig
+from samplers import amed, amed_plugin, dpm_solver_2, reference, sample
 
 CONFIG = {
     "task": "amed",
@@ -39,26 +46,60 @@ def distilled(tmp_path_factory):
     return folder, distil(folder, CONFIG)
 
 
-def test_on_an_isotropic_gaussian_the_distilled_step_is_far_better_than_euler(tmp_path):
-    """Fact 10's setting (1-D in effect, AFS off, NFE 6), with an accurate teacher (8 Heun steps per interval)."""
-    gaussian = {
-        **CONFIG,
-        "name": "gauss",
-        "num_samples": 4096,
-        "field": {"kind": "mixture", "components": 1, "shape": [16], "seed": 0, "diagonal": False},
-        "amed": {"num_steps": 4, "schedule": "time_uniform", "afs": False, "teacher_steps": 8, "scale_dir": 0.0},
-        "train": {**CONFIG["train"], "steps": 200},
-    }
-    config = distil(tmp_path, gaussian)
-    field = config.field.load()
-    predictor, _ = load_predictor(tmp_path / "runs" / "gauss" / "model", field.field_id, config.amed)
+def distil_in_process(folder, settings: AmedSettings, mixture: GaussianMixtureField, shape: tuple, steps: int):
+    """Distil on a hand-made mixture through the loop (no config can name it); the trained predictor."""
+    config = AmedRunConfig(
+        name="custom",
+        output_dir=str(folder),
+        num_samples=4096,
+        amed=settings,
+        train=TrainConfig(steps=steps, batch_size=128, tracker="none", log_every=1000, eval_every=1000, ema_decay=0),
+    )
+    loop = Loop(config.train, folder / "custom", config_dict(config))
+    trainer = AmedTrainer(config, LoadedField(mixture.edm, shape, torch.float64, "custom"), loop.device)
+    loop.run(trainer, TensorDataset(sigma_max_noise(config.num_samples, shape, 80.0, 0, torch.float64)))
+    return trainer.models["predictor"].eval()
+
+
+def test_on_an_isotropic_gaussian_the_distilled_r_is_the_exact_r_and_far_better_than_euler(tmp_path):
+    """Fact 10 on N(0, I) in 16 dims (AFS off, NFE 6) with an accurate teacher (8 Heun steps per interval).
+
+    Unit data std makes r matter on every interval: for std << sigma the field is x / sigma and any r is exact.
+    """
+    gaussian = GaussianMixtureField(torch.zeros(1, 16, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    settings = AmedSettings(num_steps=4, schedule="time_uniform", afs=False, teacher_steps=8, scale_dir=0.0)
+    predictor = distil_in_process(tmp_path, settings, gaussian, (16,), steps=200)
     x = 80 * torch.randn(256, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    target = reference(field.edm, x, 80.0, 0.002, rtol=1e-10, atol=1e-10)
+    timesteps = settings.timesteps()
+    learned_r = []
     with torch.no_grad():
-        learned = (amed(field.edm, x, config.amed.timesteps(), predictor, afs=False) - target).pow(2).mean().sqrt()
-        euler = (sample(field.edm, x, "euler", 6, schedule="time_uniform") - target).pow(2).mean().sqrt()
-    # Measured: 0.0089 against 0.0965.
-    assert learned < euler / 5, (learned, euler)
+        out = amed(gaussian.edm, x, timesteps, predictor, afs=False, callback=lambda info: learned_r.append(info["r"]))
+    exact = [exact_r(timesteps[n].item(), timesteps[n + 1].item(), data_std=1.0) for n in range(3)]
+    # Measured: learned [0.434, 0.414, 0.115] against exact [0.427, 0.410, 0.114].
+    for r, r_exact in zip(learned_r, exact, strict=True):
+        assert (r - r_exact).abs().max() < 0.02, (r.mean(), r_exact)
+    target = x * math.sqrt((1 + timesteps[-1].item() ** 2) / (1 + 80.0**2))
+    learned_error = (out - target).pow(2).mean().sqrt()
+    euler_error = (sample(gaussian.edm, x, "euler", 6, schedule="time_uniform") - target).pow(2).mean().sqrt()
+    assert learned_error < euler_error / 10, (learned_error, euler_error)
+
+
+def test_a_distilled_plugin_beats_its_base_solver_with_geometric_midpoints(tmp_path):
+    """DPM-Solver++(2M) plugin, own state and history, NFE 5 on karras, against r = 1/2, c = 1 on the same grid."""
+    mixture = GaussianMixtureField.random(8, (64,), seed=0, diagonal=True)
+    settings = AmedSettings(
+        solver="amed_plugin", base="dpmpp_2m", schedule="karras", teacher="dpmpp_2m", teacher_steps=2
+    )
+    predictor = distil_in_process(tmp_path, settings, mixture, (64,), steps=100)
+    x = 80 * torch.randn(256, 64, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    target = reference(mixture.edm, x, 80.0, 0.002, rtol=1e-9, atol=1e-9)
+    timesteps = settings.timesteps()
+    with torch.no_grad():
+        learned = amed_plugin(mixture.edm, x, timesteps, predictor, base="dpmpp_2m")
+        midpoint = amed_plugin(mixture.edm, x, timesteps, constant(0.5), base="dpmpp_2m")
+    learned_error, midpoint_error = ((y - target).pow(2).mean().sqrt() for y in (learned, midpoint))
+    # Measured: 0.129 against 0.246.
+    assert learned_error < midpoint_error / 1.5, (learned_error, midpoint_error)
 
 
 def test_distilled_predictor_beats_the_fixed_midpoint_on_the_same_timesteps(distilled):
@@ -83,3 +124,21 @@ def test_a_predictor_refuses_other_settings(distilled):
         load_predictor(folder / "runs" / "gmm" / "model", config.field.load().field_id, other)
     with pytest.raises(GenkitError, match="field"):
         load_predictor(folder / "runs" / "gmm" / "model", "gmm(other)", config.amed)
+
+
+def test_two_processes_distil_the_same_predictor_as_one(tmp_path):
+    """The global batch split over two gloo ranks gives the same predictor weights as one process."""
+    config = {**CONFIG, "num_samples": 512, "train": {**CONFIG["train"], "steps": 6, "eval_every": 6}}
+    (tmp_path / "amed.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"]
+    for name, ranks in (("one", ["--num_processes", "1"]), ("two", ["--multi_gpu", "--num_processes", "2"])):
+        command = [*launch, *ranks, "-m", "genkit", "train", "amed.yaml", f"name={name}"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
+        assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
+    one, two = (load_file(tmp_path / "runs" / name / "model" / "model.safetensors") for name in ("one", "two"))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5, msg=key)
