@@ -20,3 +20,15 @@ def test_sampler_benchmark_runs_and_records_its_tables():
     assert {solver: sorted(row) for solver, row in result["overhead"].items()} == {
         solver: ["10", "4"] for solver in result["rmse"]
     }
+
+
+@pytest.mark.slow
+def test_amed_benchmark_quick_run_fills_every_cell():
+    """The smoke budget: every table cell is computed and every AMED cell spent exactly its NFE (checked inside)."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_amed.py"), "--quick"], check=True, cwd=ROOT)
+    result = json.loads((ROOT / "runs" / "bench_amed_quick.json").read_text())
+    for field in ("mixture", "digits"):
+        for row in ("euler", "dpmpp_2m", "ipndm", "amed", "amed_plugin"):
+            assert all(value is not None for value in result[field]["rmse"][row].values()), (field, row)
+        assert result["mixture"]["rmse"]["heun"]["3"] is None
+    assert set(result["digits"]["bottleneck"]) == {"amed", "amed_plugin"}
