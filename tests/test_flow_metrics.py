@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from genkit.errors import GenkitError
-from genkit.metrics import energy_distance, mode_coverage, sliced_wasserstein, straightness
+from genkit.metrics import energy_distance, frechet_distance, mode_coverage, sliced_wasserstein, straightness
 from genkit.toys import EIGHT_GAUSSIAN_CENTRES, toy_mixture
 from samplers import euler, uniform
 
@@ -161,3 +161,23 @@ def test_mode_coverage_on_constructed_samples():
     # A wide radius makes every sample high quality, but the origin's samples count for one nearest mode only.
     assert mode_coverage(samples, EIGHT_GAUSSIAN_CENTRES, radius=2.5) == pytest.approx((7 / 8, 1.0))
     assert mode_coverage(samples, EIGHT_GAUSSIAN_CENTRES, radius=0.01) == pytest.approx((0.0, 0.0), abs=0.02)
+
+
+def with_moments(mean: np.ndarray, covariance: np.ndarray, n: int, seed: int) -> torch.Tensor:
+    """n points whose sample mean and (n - 1)-normalised covariance are exactly `mean` and `covariance`."""
+    points = np.random.default_rng(seed).standard_normal((n, len(mean)))
+    points -= points.mean(0)
+    whitened = points @ np.linalg.inv(np.linalg.cholesky(np.cov(points, rowvar=False)).T)
+    return torch.from_numpy(whitened @ np.linalg.cholesky(covariance).T + mean)
+
+
+def test_frechet_distance_is_the_closed_form_between_gaussians():
+    """Diagonal covariances: FD = ||mu_a - mu_b||^2 + sum (sigma_a - sigma_b)^2; symmetric; 0 on itself."""
+    mean_a, mean_b = np.array([0.0, 1.0, -2.0]), np.array([0.5, 1.0, 0.0])
+    std_a, std_b = np.array([1.0, 2.0, 0.5]), np.array([0.3, 2.0, 1.5])
+    a = with_moments(mean_a, np.diag(std_a**2), 400, seed=0)
+    b = with_moments(mean_b, np.diag(std_b**2), 300, seed=1)
+    expected = ((mean_a - mean_b) ** 2).sum() + ((std_a - std_b) ** 2).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
