@@ -15,9 +15,10 @@ its own predictor through `genkit.train.amed.train` with the paper's settings (A
 N = (NFE + 3) / 2 timestamps with AFS, even NFE is N = NFE / 2 + 1 without; AMED-Solver on time_uniform with a
 Heun teacher (M = 1), AMED-Plugin on polynomial rho = 7 with an iPNDM teacher (M = 2) and scale_time 0.2 (the
 CIFAR-10 setting); in batches of 128 with Adam 5e-3, on the paper's 10k noise draws for the mixture and on 2560
-for digits (a CPU budget: a digits step costs ~30 UNet passes of the batch); "distil s" is its wall time. At NFE 5 on digits
-both AMED variants are also distilled with features = "bottleneck" (the UNet's middle block) instead of the
-pooled slope. The goal line compares AMED-Plugin at NFE 5 with the best baseline at NFE 5 (the paper: 2x).
+for digits (a CPU budget: a digits step costs ~30 UNet passes of the batch); "distil s" is its wall time. At
+NFE 5 on digits both AMED variants are also distilled with features = "bottleneck" (the UNet's middle block)
+instead of the pooled slope. The goal line compares AMED-Plugin at NFE 5 with the best baseline at NFE 5
+(the paper: 2x).
 
 `--only mixture|digits` runs one part; `--quick` is a smoke test (tiny budgets, meaningless numbers, its own
 folders and runs/bench_amed_quick.json). Results and settings go to runs/bench_amed.json. On a shared 2-core
