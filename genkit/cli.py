@@ -12,7 +12,7 @@ from genkit import __version__
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.generate import sample_run
-from genkit.train import amed, flow, reflow
+from genkit.train import amed, flow, gan, reflow
 from genkit.train import tokenizer as tokenizer_training
 
 
@@ -21,7 +21,13 @@ def run_reflow(config: reflow.ReflowRunConfig) -> None:
     print(reflow.format_summary(reflow.run(config)))
 
 
-RUNNERS = {"tokenizer": tokenizer_training.train, "flow": flow.train, "reflow": run_reflow, "amed": amed.train}
+RUNNERS = {
+    "tokenizer": tokenizer_training.train,
+    "flow": flow.train,
+    "reflow": run_reflow,
+    "amed": amed.train,
+    "gan": gan.train,
+}
 
 
 def list_solvers(args: argparse.Namespace) -> None:

@@ -158,6 +158,8 @@ class Loop:
             raise GenkitError(f"train.mixed_precision={config.mixed_precision} cannot run here: {error}") from None
         self.ema: EMAModel | None = None
         self.log: RunLog | None = None
+        # The micro-batch being trained, counted over the run: keys noise that must not depend on the process count.
+        self.position = 0
         self.stop_requested = False
         if self.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +346,8 @@ class Loop:
         try:
             saved_at, started, images = step, time.perf_counter(), 0
             while step < config.steps:
-                for _ in range(config.grad_accum_steps):
+                for micro in range(config.grad_accum_steps):
+                    self.position = step * config.grad_accum_steps + micro
                     batch = send_to_device(next(batches), self.device)
                     with accelerator.accumulate(*trainer.models.values()):
                         losses = trainer.train_step(batch, self)

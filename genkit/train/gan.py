@@ -1,0 +1,302 @@
+"""GANs as particle ODEs (ALGORITHMS 5-6): MonoFlow and WGAN-GP (original or ReFlow-derived) through the shared loop.
+
+The critic defines a field on sample space: grad_x h(d(x)) for MonoFlow's logistic discriminator (d estimates
+log p/q) and grad_x D(x) for a Wasserstein critic. A generator update is one small Euler step of its samples along
+that field, refitted: the loss -E h(d(G(z))) (or -E D(G(z))), or in the equivalent "particle" form the regression
+E ||G(z) - sg[G(z) + eta grad h(d(G(z)))]||^2, whose gradient is 2 eta times the loss's.
+
+Schedule: a loop step is one critic update on its batch; every n_critic-th step (from step n_critic on) first
+takes one generator update against the critic of the previous steps. `train.steps` counts critic updates. The
+latent noise and penalty points of a micro-batch are drawn for the global batch from (seed, position) and sliced
+per process, so any process count trains the same models.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genkit.checkpoint import load_weights, save_weights
+from genkit.config import check_choice, config_dict, register_task
+from genkit.data import DataConfig, build_dataset, data_shape, validation_samples
+from genkit.errors import GenkitError
+from genkit.metrics import energy_distance, sliced_wasserstein
+from genkit.nets.gan import CRITICS, GENERATORS
+from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
+from genkit.velocity import GradientField
+
+METHODS = ("monoflow", "wgan_gp", "wgan_reflow")
+MONOTONE = ("logit", "non_saturating", "minimax", "arcsinh")
+FORMS = ("loss", "particle")
+NET_KINDS = ("mlp", "dcgan")
+# Per method: critic updates per generator update, penalty weight, and the reference optimisers (critic, generator).
+DEFAULTS = {
+    "monoflow": (1, 0.0, OptimizerConfig(lr=2e-4, betas=[0.5, 0.999]), OptimizerConfig(lr=1e-4, betas=[0.5, 0.999])),
+    "wgan_gp": (5, 10.0, OptimizerConfig(lr=1e-4, betas=[0.0, 0.9]), OptimizerConfig(lr=1e-4, betas=[0.0, 0.9])),
+    "wgan_reflow": (5, 0.5, OptimizerConfig(lr=1e-4, betas=[0.0, 0.9]), OptimizerConfig(lr=1e-4, betas=[0.0, 0.9])),
+}
+
+
+def monotone(h: str, d: Tensor, shift: float = 0.0) -> Tensor:
+    """h(d) for MonoFlow: logit d, non_saturating log sigmoid(d), minimax softplus(d + shift), arcsinh asinh(d)."""
+    if h == "logit":
+        return d
+    if h == "non_saturating":
+        return F.logsigmoid(d)
+    if h == "minimax":
+        return F.softplus(d + shift)
+    return torch.asinh(d)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """x in float32 if it is in a half-precision type, else unchanged (float64 stays float64)."""
+    return x.float() if x.dtype.itemsize < 4 else x
+
+
+def float32_output(critic: nn.Module, x: Tensor) -> Tensor:
+    """critic(x) in float32 with autocast off, whatever wraps it.
+
+    Accelerate's mixed precision replaces the module's `forward` with an autocast one (kept by unwrap_model);
+    the class's own forward is the network without it.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return type(critic).forward(critic, at_least_float32(x))
+
+
+def gradient_penalty(critic: nn.Module, points: Tensor, centre: float) -> Tensor:
+    """E (||grad_x D(x)|| - centre)^2 at `points`, in float32 and from the raw critic (no loss scaling inside)."""
+    points = at_least_float32(points.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(float32_output(critic, points).sum(), points, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - centre).pow(2).mean()
+
+
+def logistic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """E softplus(-d(real)) + E softplus(d(fake)): binary cross-entropy with real as 1; optimum d = log p/q."""
+    return (F.softplus(-d_real) + F.softplus(d_fake)).mean()
+
+
+@dataclass
+class GanNetConfig:
+    """`mlp` (hidden, depth) for low-dimensional data, `dcgan` (width) for power-of-two square images."""
+
+    kind: str = "mlp"
+    latent_dim: int = 16
+    hidden: int = 256
+    depth: int = 3
+    width: int = 64
+
+    def __post_init__(self):
+        check_choice("model.kind", self.kind, NET_KINDS)
+
+    def build(self, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+        """(generator, critic) for samples of `shape`."""
+        if self.kind == "mlp":
+            dim = math.prod(shape)
+            generator = GENERATORS["mlp"](self.latent_dim, dim, self.hidden, self.depth)
+            return generator, CRITICS["mlp"](dim, self.hidden, self.depth)
+        if len(shape) != 3:
+            raise GenkitError(f"model.kind=dcgan needs image data, got samples of shape {shape}; use model.kind=mlp")
+        generator = GENERATORS["dcgan"](self.latent_dim, shape[0], shape[-1], self.width)
+        return generator, CRITICS["dcgan"](shape[0], shape[-1], self.width)
+
+
+@dataclass
+class GanConfig:
+    """The method; MonoFlow's h (and minimax logit shift); the generator form; n_critic and the penalty weight.
+
+    Unset (None), n_critic, penalty_weight and the two optimisers take the method's reference values (DEFAULTS)
+    when the run starts (`resolved`).
+    """
+
+    method: str = "monoflow"
+    h: str = "non_saturating"
+    logit_shift: float = 0.0
+    generator_form: str = "loss"
+    eta: float = 0.5
+    n_critic: int | None = None
+    penalty_weight: float | None = None
+
+    def __post_init__(self):
+        check_choice("gan.method", self.method, METHODS)
+        check_choice("gan.h", self.h, MONOTONE)
+        check_choice("gan.generator_form", self.generator_form, FORMS)
+        if (self.n_critic is not None and self.n_critic < 1) or self.eta <= 0:
+            raise GenkitError("gan.n_critic must be at least 1 and gan.eta positive")
+
+    def resolved(self) -> "GanConfig":
+        """These settings with n_critic and penalty_weight filled in from the method's defaults where unset."""
+        n_critic, weight, _, _ = DEFAULTS[self.method]
+        return dataclasses.replace(
+            self,
+            n_critic=n_critic if self.n_critic is None else self.n_critic,
+            penalty_weight=weight if self.penalty_weight is None else self.penalty_weight,
+        )
+
+    def potential(self, critic_output: Tensor) -> Tensor:
+        """What the generator climbs: h(d) for MonoFlow, D itself for a Wasserstein critic."""
+        if self.method == "monoflow":
+            return monotone(self.h, critic_output, self.logit_shift)
+        return critic_output
+
+
+@register_task("gan")
+@dataclass
+class GanRunConfig:
+    """A GAN training run in runs/<name>/; its model/ folder holds generator/ and critic/."""
+
+    task: str = "gan"
+    name: str = "gan"
+    output_dir: str = "runs"
+    eval_samples: int = 2000
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(source="8gaussians"))
+    model: GanNetConfig = dataclasses.field(default_factory=GanNetConfig)
+    gan: GanConfig = dataclasses.field(default_factory=GanConfig)
+    critic_optimizer: OptimizerConfig | None = None
+    generator_optimizer: OptimizerConfig | None = None
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(steps=2000, batch_size=256, ema_decay=0.999, max_grad_norm=0.0)
+    )
+
+    def resolved(self) -> "GanRunConfig":
+        """The config with every method default filled in (what a run records and trains with)."""
+        _, _, critic, generator = DEFAULTS[self.gan.method]
+        return dataclasses.replace(
+            self,
+            gan=self.gan.resolved(),
+            critic_optimizer=self.critic_optimizer or dataclasses.replace(critic),
+            generator_optimizer=self.generator_optimizer or dataclasses.replace(generator),
+        )
+
+
+def generator_loss(fake: Tensor, critic: nn.Module, gan: GanConfig) -> Tensor:
+    """-E h(d(G(z))), or the particle regression E ||G(z) - sg[G(z) + eta grad_x h(d(x))|_{x = G(z)}]||^2."""
+    if gan.generator_form == "loss":
+        return -gan.potential(at_least_float32(critic(fake))).mean()
+    with torch.enable_grad():
+        x = at_least_float32(fake.detach()).requires_grad_(True)
+        (push,) = torch.autograd.grad(gan.potential(float32_output(critic, x)).sum(), x)
+    return (at_least_float32(fake) - (x + gan.eta * push).detach()).pow(2).flatten(1).sum(1).mean()
+
+
+class GanTrainer:
+    """Generator and critic, each with its optimiser; the generator's EMA is what `model/` holds."""
+
+    ema_model = "generator"
+
+    def __init__(self, config: GanRunConfig, shape: tuple[int, ...], reference_data: Tensor):
+        self.config, self.gan, self.shape = config, config.gan, shape
+        generator, critic = config.model.build(shape)
+        self.models = {"generator": generator, "critic": critic}
+        self.optimizers = {
+            "generator": config.generator_optimizer.build(generator.parameters()),
+            "critic": config.critic_optimizer.build(critic.parameters()),
+        }
+        self.reference_data = reference_data
+        torch_generator = torch.Generator().manual_seed(config.train.seed + 2)
+        self.eval_noise = torch.randn(len(reference_data), config.model.latent_dim, generator=torch_generator)
+
+    def draws(self, loop: Loop, local: int) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's slice of (critic z, penalty t, generator z) for the global micro-batch at loop.position."""
+        world, rank = loop.accelerator.num_processes, loop.accelerator.process_index
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + loop.position)
+        total, latent = local * world, self.config.model.latent_dim
+        draws = (
+            torch.randn(total, latent, generator=generator),
+            torch.rand(total, generator=generator),
+            torch.randn(total, latent, generator=generator),
+        )
+        return tuple(d[rank * local : (rank + 1) * local].to(loop.device) for d in draws)
+
+    def critic_loss(self, loop: Loop, real: Tensor, fake: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """Logistic loss (MonoFlow) or E D(fake) - E D(real) + penalty at x_t = t real + (1 - t) fake (WGAN)."""
+        critic = self.models["critic"]
+        d_real, d_fake = critic(real).float(), critic(fake).float()
+        if self.gan.method == "monoflow":
+            return {"critic": logistic_loss(d_real, d_fake)}
+        t_x = t.reshape(-1, *[1] * (real.ndim - 1))
+        centre = 1.0 if self.gan.method == "wgan_gp" else 0.0
+        penalty = gradient_penalty(loop.unwrap("critic"), t_x * real + (1 - t_x) * fake, centre)
+        wasserstein = d_real.mean() - d_fake.mean()
+        return {
+            "critic": self.gan.penalty_weight * penalty - wasserstein,
+            "wasserstein": wasserstein,
+            "penalty": penalty,
+        }
+
+    def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
+        z_critic, t, z_generator = self.draws(loop, len(batch))
+        step = loop.position // self.config.train.grad_accum_steps
+        losses = {}
+        if step >= self.gan.n_critic and step % self.gan.n_critic == 0:
+            critic = loop.unwrap("critic")
+            # The generator's loss must not leave gradients on the critic.
+            critic.requires_grad_(False)
+            with loop.accelerator.autocast():
+                losses["generator"] = generator_loss(self.models["generator"](z_generator), critic, self.gan)
+            loop.update("generator", losses["generator"])
+            critic.requires_grad_(True)
+        with torch.no_grad():
+            fake = self.models["generator"](z_critic)
+        losses |= self.critic_loss(loop, batch, fake, t)
+        loop.update("critic", losses["critic"])
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
+        generator = loop.unwrap("generator").eval()
+        samples = generator(self.eval_noise.to(loop.device)).float()
+        generator.train()
+        if samples.ndim == 4:
+            loop.log.log_images("samples", samples[:64], step)
+            return {}
+        reference = self.reference_data.to(loop.device)
+        return {
+            "sliced_wasserstein": sliced_wasserstein(samples, reference),
+            "energy_distance": energy_distance(samples, reference),
+        }
+
+    def export(self, loop: Loop, folder: Path) -> None:
+        save_gan(loop.unwrap("generator"), loop.unwrap("critic"), folder, self.config)
+
+
+def save_gan(generator: nn.Module, critic: nn.Module, folder: Path, config: GanRunConfig) -> None:
+    """folder/generator and folder/critic as safetensors + config.json (the critic's also names its potential)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = config.model.kind
+    save_weights(folder / "generator", generator.state_dict(), {"kind": kind, **generator.config})
+    gan = config_dict(config.gan)
+    save_weights(folder / "critic", critic.state_dict(), {"kind": kind, **critic.config, "gan": gan})
+
+
+def load_gan(folder: Path) -> tuple[nn.Module, nn.Module, GanConfig]:
+    """(generator, critic, gan settings) from a GAN run's model/ folder, in eval mode."""
+    networks = []
+    for name, registry in (("generator", GENERATORS), ("critic", CRITICS)):
+        state, config = load_weights(folder / name)
+        gan = config.pop("gan", None)
+        kind = config.pop("kind", None)
+        if kind not in registry:
+            raise GenkitError(f"{folder / name} does not hold a GAN {name} (kind={kind!r})")
+        network = registry[kind](**config)
+        network.load_state_dict(state)
+        networks.append(network.eval())
+    return networks[0], networks[1], GanConfig(**gan)
+
+
+def critic_field(run: Path) -> GradientField:
+    """The critic of a GAN run as a field on sample space: grad_x h(d(x)) (MonoFlow) or grad_x D(x) (WGAN)."""
+    _, critic, gan = load_gan(run / "model")
+    return GradientField(lambda x: gan.potential(critic(x)))
+
+
+def train(config: GanRunConfig) -> dict[str, float]:
+    """Train a GAN as `config` says; returns the last evaluation's metrics."""
+    config = config.resolved()
+    loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
+    shape = data_shape(config.data)
+    trainer = GanTrainer(config, shape, validation_samples(config.data, config.eval_samples))
+    return loop.run(trainer, build_dataset(config.data, "train"))
