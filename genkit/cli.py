@@ -52,11 +52,21 @@ def eval_tokenizer(args: argparse.Namespace) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
-    """Sample a trained velocity model with a solver at an exact NFE; write the tensor and a picture."""
+    """Sample a trained flow (a solver at an exact NFE) or GAN (generator, critic refinement); tensor and picture."""
     predictor = Path(args.predictor) if args.predictor else None
-    samples, stem = sample_run(Path(args.run_dir), args.solver, args.nfe, args.schedule, args.num, args.seed, predictor)
+    samples, stem = sample_run(
+        Path(args.run_dir),
+        args.solver,
+        args.nfe,
+        args.schedule,
+        args.num,
+        args.seed,
+        predictor,
+        args.refine_steps,
+        args.refine_step_size,
+    )
     if PartialState().is_main_process:
-        print(f"{len(samples)} samples with {args.solver}: {stem}.safetensors, {stem}.png")
+        print(f"{len(samples)} samples: {stem}.safetensors, {stem}.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--images", type=int, default=None, help="validation images (default: the run's)")
     eval_parser.set_defaults(handler=eval_tokenizer)
     sample_parser = commands.add_parser(
-        "sample", help="sample a trained flow: genkit sample RUN --solver euler --nfe 4"
+        "sample", help="sample a trained flow or GAN: genkit sample RUN --solver euler --nfe 4"
     )
-    sample_parser.add_argument("run_dir", metavar="RUN", help="a flow or reflow run folder")
-    sample_parser.add_argument("--solver", default="euler", choices=list(samplers.SOLVERS))
+    sample_parser.add_argument("run_dir", metavar="RUN", help="a flow, reflow or GAN run folder")
+    sample_parser.add_argument("--solver", default=None, choices=list(samplers.SOLVERS), help="default euler")
     sample_parser.add_argument(
         "--nfe", type=int, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
     )
@@ -89,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument(
         "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
     )
+    sample_parser.add_argument(
+        "--refine-steps", type=int, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
+    )
+    sample_parser.add_argument("--refine-step-size", type=float, default=0.01, help="GAN runs: the Euler step")
     sample_parser.add_argument("--num", type=int, default=64, help="how many samples")
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.set_defaults(handler=sample)

@@ -22,7 +22,8 @@ from genkit.fields import flow_run_id, model_folder
 from genkit.tracking import image_grid
 from genkit.train.amed import load_predictor
 from genkit.train.flow import load_velocity_model
-from genkit.velocity import RectifiedAsEDM
+from genkit.train.gan import load_gan
+from genkit.velocity import GradientField, RectifiedAsEDM
 
 SIGMA_SPACE_SOLVERS = ("dpm_solver_2", "dpmpp_2m")
 SIGMA_MAX = 80.0
@@ -66,17 +67,80 @@ def amed_options(run: Path, solver: str, nfe: int | None, schedule: str | None, 
     return settings.nfe, settings.schedule, settings.solver_options(model)
 
 
+def refine(field: GradientField, x: Tensor, steps: int, step_size: float) -> Tensor:
+    """`steps` Euler steps of size `step_size` along a critic's field: x <- x + step_size grad h(d(x))."""
+    if steps == 0:
+        return x
+    return samplers.euler(field, x, torch.linspace(0, steps * step_size, steps + 1, dtype=x.dtype))
+
+
+def gan_sampler(folder: Path, device: torch.device, seed: int, refine_steps: int, refine_step_size: float):
+    """indices -> generator samples G(z_i), refined along the critic's field when refine_steps > 0."""
+    generator, critic, settings = load_gan(folder / "model")
+    generator, critic = generator.to(device), critic.to(device)
+    field = GradientField(lambda x: settings.potential(critic(x)))
+    latent = (generator.config["latent_dim"],)
+
+    def draw(indices: list[int]) -> Tensor:
+        fake = generator(initial_noise(indices, latent, seed).to(device))
+        return refine(field, fake, refine_steps, refine_step_size)
+
+    return draw
+
+
 @torch.no_grad()
 def sample_run(
-    run: Path, solver: str, nfe: int | None, schedule: str | None, num: int, seed: int, predictor: Path | None = None
+    run: Path,
+    solver: str | None,
+    nfe: int | None,
+    schedule: str | None,
+    num: int,
+    seed: int,
+    predictor: Path | None = None,
+    refine_steps: int = 0,
+    refine_step_size: float = 0.01,
 ) -> tuple[Tensor, Path]:
     """`num` samples of the run's model, identical for any process count; written under <model run>/samples/.
 
-    AMED solvers need the `predictor` distilled for this run, which fixes the NFE and schedule; the others default
-    to NFE 4 on the rectified `uniform` schedule.
+    Flow runs: AMED solvers need the `predictor` distilled for this run, which fixes the NFE and schedule; the
+    others default to Euler at NFE 4 on the rectified `uniform` schedule. GAN runs: the generator, optionally
+    refined by `refine_steps` Euler steps along its critic's field.
     """
     state = PartialState()
     folder = model_folder(run)
+    config = load_config(folder / "config.yaml")
+    if config.task == "gan":
+        if solver or nfe or schedule or predictor:
+            raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
+        draw = gan_sampler(folder, state.device, seed, refine_steps, refine_step_size)
+        name = f"gan_refine{refine_steps}x{refine_step_size:g}"
+    else:
+        if refine_steps:
+            raise GenkitError("--refine-steps follows a GAN critic; this run holds a velocity model")
+        draw, name = flow_sampler(folder, config, state.device, seed, solver or "euler", nfe, schedule, predictor)
+    with state.split_between_processes(list(range(num))) as indices:
+        local = draw(indices).cpu() if indices else torch.empty(0)
+    samples = torch.cat(gather_object([local]))
+    stem = folder / "samples" / f"{name}_seed{seed}"
+    if state.is_main_process:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"samples": samples.contiguous()}, f"{stem}.safetensors")
+        save_picture(samples, Path(f"{stem}.png"))
+    state.wait_for_everyone()
+    return samples, stem
+
+
+def flow_sampler(
+    folder: Path,
+    config,
+    device: torch.device,
+    seed: int,
+    solver: str,
+    nfe: int | None,
+    schedule: str | None,
+    predictor: Path | None,
+):
+    """(indices -> samples of the run's velocity model with `solver`, the name of the setting)."""
     solver_opts = None
     if solver in samplers.BASELINES:
         if predictor is not None:
@@ -86,20 +150,14 @@ def sample_run(
         raise GenkitError(f"--solver {solver} needs --predictor PATH, a predictor distilled for this run")
     else:
         nfe, schedule, solver_opts = amed_options(folder, solver, nfe, schedule, predictor)
-        solver_opts["predictor"].to(state.device)
-    shape = data_shape(load_config(folder / "config.yaml").data)
-    model = load_velocity_model(folder / "model").to(state.device)
-    with state.split_between_processes(list(range(num))) as indices:
-        noise = initial_noise(indices, shape, seed).to(state.device)
-        local = solve(model, noise, solver, nfe, schedule, solver_opts).cpu() if len(noise) else noise
-    samples = torch.cat(gather_object([local]))
-    stem = folder / "samples" / f"{solver}_nfe{nfe}_{schedule}_seed{seed}"
-    if state.is_main_process:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"samples": samples.contiguous()}, f"{stem}.safetensors")
-        save_picture(samples, Path(f"{stem}.png"))
-    state.wait_for_everyone()
-    return samples, stem
+        solver_opts["predictor"].to(device)
+    shape = data_shape(config.data)
+    model = load_velocity_model(folder / "model").to(device)
+
+    def draw(indices: list[int]) -> Tensor:
+        return solve(model, initial_noise(indices, shape, seed).to(device), solver, nfe, schedule, solver_opts)
+
+    return draw, f"{solver}_nfe{nfe}_{schedule}"
 
 
 def save_picture(samples: Tensor, path: Path) -> None:
