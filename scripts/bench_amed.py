@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor
 
 import samplers
 from genkit.checkpoint import write_json
 from genkit.config import load_config
 from genkit.digits import digit_classifier, digit_features, digit_images
+from genkit.errors import GenkitError
 from genkit.fields import FieldConfig, LoadedField
 from genkit.metrics import frechet_distance
 from genkit.train import flow
@@ -122,8 +124,19 @@ def amed_settings(variant: str, nfe: int, features: str = "slope") -> AmedSettin
 def distil(
     name: str, field: FieldConfig, loaded: LoadedField, settings: AmedSettings, draws: int, budget: Budget, folder: Path
 ) -> tuple[samplers.AMEDPredictor, float]:
-    """A predictor distilled for `settings` on `draws` noise draws in folder/name (from scratch), and its wall time."""
-    shutil.rmtree(folder / name, ignore_errors=True)
+    """A predictor for `settings` distilled on `draws` noise draws in folder/name, and the distillation's wall time.
+
+    A finished distillation there with the same field, settings and draws is reused; its time is the span from
+    the run's config.yaml (written when the loop starts) to its exported model.
+    """
+    run = folder / name
+    try:
+        predictor, _ = load_predictor(run / "model", loaded.field_id, settings)
+        if yaml.safe_load((run / "config.yaml").read_text())["num_samples"] == draws:
+            return predictor, distillation_seconds(run)
+    except (GenkitError, FileNotFoundError):
+        pass
+    shutil.rmtree(run, ignore_errors=True)
     steps = draws // budget.distil_batch
     config = AmedRunConfig(
         name=name,
@@ -142,11 +155,14 @@ def distil(
             checkpoint_every=steps,
         ),
     )
-    start = time.perf_counter()
     distil_predictor(config)
-    seconds = time.perf_counter() - start
-    predictor, _ = load_predictor(folder / name / "model", loaded.field_id, settings)
-    return predictor, seconds
+    predictor, _ = load_predictor(run / "model", loaded.field_id, settings)
+    return predictor, distillation_seconds(run)
+
+
+def distillation_seconds(run: Path) -> float:
+    """Wall time of a distillation run: from its config.yaml (loop start) to its exported model."""
+    return (run / "model" / "config.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
 
 
 def rmse(x: Tensor, target: Tensor) -> float:
@@ -206,7 +222,7 @@ def field_rows(
             settings = amed_settings(variant, FEATURE_NFE, "bottleneck")
             folder = root / name
             predictor, seconds = distil(
-                f"{variant}_nfe{FEATURE_NFE}_bottleneck", field, loaded, settings, budget, folder
+                f"{variant}_nfe{FEATURE_NFE}_bottleneck", field, loaded, settings, draws, budget, folder
             )
             rmse_value, score_value = measure(solve_cell(loaded, noise, variant, FEATURE_NFE, predictor, settings))
             result["bottleneck"][variant] = {"rmse": rmse_value, "score": score_value, "distil_seconds": seconds}
@@ -292,6 +308,7 @@ def main() -> None:
         results["mixture"] = field_rows(
             "mixture", mixture, budget, root, budget.mixture_samples, budget.mixture_distil_samples, 1e-9
         )
+        write_json(output, results)
     if args.only in (None, "digits"):
         start = time.perf_counter()
         run = train_flow(budget, root)
@@ -302,6 +319,7 @@ def main() -> None:
             "digits", digits, budget, root, budget.digit_samples, budget.digit_distil_samples, 1e-5, score
         )
         results["digits"]["flow_seconds"] = flow_seconds
+        write_json(output, results)
     for field in ("mixture", "digits"):
         if field in results:
             results[field]["goal"] = report(field, results[field])
