@@ -32,3 +32,15 @@ def test_amed_benchmark_quick_run_fills_every_cell():
             assert all(value is not None for value in result[field]["rmse"][row].values()), (field, row)
         assert result["mixture"]["rmse"]["heun"]["3"] is None
     assert set(result["digits"]["bottleneck"]) == {"amed", "amed_plugin"}
+
+
+@pytest.mark.slow
+def test_gan_reproduction_quick_run_fills_every_row():
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_gans.py"), "--quick"], check=True, cwd=ROOT)
+    result = json.loads((ROOT / "runs" / "reproduce_gans_quick.json").read_text())
+    for data in ("8gaussians", "moons"):
+        rows = result["toys"][data]
+        assert {"floor", "init", "monoflow_minimax", "wgan_gp", "wgan_reflow"} <= rows.keys()
+        assert all("refined_0.02" in rows[m] for m in rows if m not in ("floor", "init"))
+    assert result["toys"]["8gaussians"]["floor"]["modes"] == 8
+    assert {"floor", "init", "monoflow_non_saturating", "wgan_gp", "wgan_reflow"} == result["mnist5k"].keys()
