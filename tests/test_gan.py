@@ -50,7 +50,7 @@ def test_the_logistic_optimum_is_the_log_density_ratio():
 def test_one_particle_regression_step_is_two_eta_times_the_loss_step(h):
     """Fact 29: at theta_t the gradient of ||G - sg[G + eta grad h(d(G))]||^2 is 2 eta grad E[-h(d(G))]."""
     torch.manual_seed(0)
-    generator, critic = MLPGenerator(4, 2, hidden=16, depth=2).double(), MLPCritic(2, hidden=16, depth=2).double()
+    generator, critic = MLPGenerator(4, [2], hidden=16, depth=2).double(), MLPCritic(2, hidden=16, depth=2).double()
     critic.requires_grad_(False)
     z = torch.randn(64, 4, dtype=torch.float64)
     gradients = {}
@@ -156,6 +156,8 @@ def test_dcgan_nets_map_latents_to_images_and_images_to_scores():
     images = generator(torch.randn(5, 16))
     assert images.shape == (5, 3, 32, 32) and images.abs().max() <= 1
     assert critic(images).shape == (5,)
+    flat_generator, flat_critic = gan.GanNetConfig(kind="mlp", latent_dim=16).build((1, 8, 8))
+    assert flat_generator(torch.randn(5, 16)).shape == (5, 1, 8, 8) and flat_critic(images[:, :1, :8, :8]).shape == (5,)
     with pytest.raises(GenkitError, match="power-of-two image_size"):
         DCGANCritic(1, 28)
 

@@ -23,15 +23,15 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class MLPGenerator(nn.Module):
-    """G(z) = MLP(z): `depth` SiLU layers of width `hidden`, z of size latent_dim, samples of size dim."""
+    """G(z) = MLP(z) reshaped to `shape`: `depth` SiLU layers of width `hidden`, z of size latent_dim."""
 
-    def __init__(self, latent_dim: int, dim: int, hidden: int = 256, depth: int = 3):
+    def __init__(self, latent_dim: int, shape: list[int], hidden: int = 256, depth: int = 3):
         super().__init__()
-        self.config = {"latent_dim": latent_dim, "dim": dim, "hidden": hidden, "depth": depth}
-        self.net = mlp([latent_dim, *[hidden] * depth, dim])
+        self.config = {"latent_dim": latent_dim, "shape": list(shape), "hidden": hidden, "depth": depth}
+        self.net = mlp([latent_dim, *[hidden] * depth, math.prod(shape)])
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+        return self.net(z).reshape(len(z), *self.config["shape"])
 
 
 class MLPCritic(nn.Module):

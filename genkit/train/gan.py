@@ -96,7 +96,7 @@ class GanNetConfig:
         """(generator, critic) for samples of `shape`."""
         if self.kind == "mlp":
             dim = math.prod(shape)
-            generator = GENERATORS["mlp"](self.latent_dim, dim, self.hidden, self.depth)
+            generator = GENERATORS["mlp"](self.latent_dim, list(shape), self.hidden, self.depth)
             return generator, CRITICS["mlp"](dim, self.hidden, self.depth)
         if len(shape) != 3:
             raise GenkitError(f"model.kind=dcgan needs image data, got samples of shape {shape}; use model.kind=mlp")
