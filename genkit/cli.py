@@ -9,6 +9,7 @@ from accelerate import PartialState
 
 import samplers
 from genkit import __version__
+from genkit import compare as comparison
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.generate import sample_run
@@ -42,7 +43,17 @@ def list_solvers(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """Train what the config's `task` names."""
     config = load_config(args.config, args.overrides)
+    if config.task not in RUNNERS:
+        raise GenkitError(f"{args.config} is a {config.task} config, not a training run; use genkit {config.task}")
     RUNNERS[config.task](config)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Every cell of a comparison config, one table (W&B, CSV, JSON), plots and grids under runs/<name>/."""
+    config = load_config(args.config, args.overrides)
+    if config.task != "compare":
+        raise GenkitError(f"{args.config} is a {config.task} config; genkit compare takes a compare config")
+    comparison.run(config)
 
 
 def eval_tokenizer(args: argparse.Namespace) -> None:
@@ -78,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("config", help="a YAML config naming its task, e.g. configs/tokenizer/fsq.yaml")
     train_parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 name=try2")
     train_parser.set_defaults(handler=train)
+    compare_parser = commands.add_parser("compare", help="compare methods: genkit compare CONFIG [key=value ...]")
+    compare_parser.add_argument("config", help="a compare config, e.g. configs/compare/samplers_demo.yaml")
+    compare_parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=64")
+    compare_parser.set_defaults(handler=compare)
     eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
     eval_parser.add_argument("--images", type=int, default=None, help="validation images (default: the run's)")

@@ -1,10 +1,13 @@
 """Metrics: tensors in, numbers out; nothing here knows about training."""
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from torch import Tensor
 
 from genkit.errors import GenkitError
@@ -91,14 +94,51 @@ def mode_coverage(samples: Tensor, centres: Tensor, radius: float, min_count: in
     return (counts >= min_count).double().mean().item(), high_quality.double().mean().item()
 
 
-def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of the Gaussians fitted to two feature sets [N, D]."""
-    a, b = features_a.double().cpu().numpy(), features_b.double().cpu().numpy()
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    covariance_a, covariance_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+@dataclass
+class FeatureStatistics:
+    """count, sum and sum of outer products of feature vectors in float64: the Gaussian fit, mergeable exactly."""
+
+    count: int
+    total: Tensor
+    outer: Tensor
+
+    @classmethod
+    def of(cls, features: Tensor) -> "FeatureStatistics":
+        features = features.detach().double().cpu().flatten(1)
+        return cls(len(features), features.sum(0), features.T @ features)
+
+    def merged(self, other: "FeatureStatistics") -> "FeatureStatistics":
+        return FeatureStatistics(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    def gathered(self, state: PartialState) -> "FeatureStatistics":
+        """The statistics of every process's features together: float64 sums, reduced across processes."""
+        if state.num_processes == 1:
+            return self
+        packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.outer.flatten()])
+        packed = reduce(packed.to(state.device), reduction="sum").cpu()
+        dim = len(self.total)
+        return FeatureStatistics(int(packed[0].item()), packed[1 : dim + 1], packed[dim + 1 :].reshape(dim, dim))
+
+    def mean_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sample mean and the (n - 1)-normalised sample covariance."""
+        if self.count < 2:
+            raise GenkitError(f"a Frechet distance needs at least 2 feature vectors a side, got {self.count}")
+        mean = self.total / self.count
+        covariance = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        return mean.numpy(), covariance.numpy()
+
+
+def frechet_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
+    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of two Gaussian fits."""
+    (mean_a, covariance_a), (mean_b, covariance_b) = a.mean_covariance(), b.mean_covariance()
     # C_a C_b is similar to a PSD matrix, so its square root has a real trace; round-off adds tiny imaginary parts.
     with warnings.catch_warnings():
         # Dead ReLU features (zero variance) make both covariances singular; the square root is still well defined.
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         root = scipy.linalg.sqrtm(covariance_a @ covariance_b).real
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(covariance_a + covariance_b - 2 * root))
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
+    """The Frechet distance between the Gaussians fitted to two feature sets [N, D]."""
+    return frechet_from_statistics(FeatureStatistics.of(features_a), FeatureStatistics.of(features_b))

@@ -4,13 +4,18 @@ On disk, `metrics.jsonl` holds one record a logging step and `grids/` the image 
 folder is complete without any tracker.
 """
 
+import csv
 import json
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from torchvision.utils import make_grid, save_image
+
+from genkit.checkpoint import write_json
 
 TRACKERS = ("wandb", "tensorboard", "none")
 PROJECT = "genkit"
@@ -70,6 +75,28 @@ class RunLog:
         elif self.tracker == "tensorboard":
             self.accelerator.get_tracker("tensorboard").log_images({name: grid[None].numpy()}, step=step)
         return path
+
+    def log_table(self, name: str, columns: list[str], rows: list[list], step: int = 0) -> None:
+        """One table to W&B (a wandb.Table) and to <name>.csv and <name>.json in the run folder."""
+        if not self.accelerator.is_main_process:
+            return
+        with (self.run_dir / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        write_json(self.run_dir / f"{name}.json", {"columns": columns, "rows": rows})
+        if self.tracker == "wandb":
+            self.accelerator.get_tracker("wandb").log_table(name, columns=columns, data=rows, step=step)
+
+    def log_picture(self, name: str, path: Path, step: int = 0) -> None:
+        """A PNG already in the run folder (a plot, a scatter) to the trackers as an image."""
+        if not self.accelerator.is_main_process or self.tracker == "none":
+            return
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        if self.tracker == "wandb":
+            self.accelerator.get_tracker("wandb").log_images({name: [pixels]}, step=step)
+        else:
+            self.accelerator.get_tracker("tensorboard").log_images({name: pixels[None]}, step=step, dataformats="NHWC")
 
     def finish(self) -> None:
         """Close the trackers; the process group stays up for a pipeline's next stage (the CLI ends it)."""

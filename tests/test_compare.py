@@ -1,0 +1,96 @@
+"""`genkit compare` on an analytic field: the table's rows and values, plots, grids, W&B files; mistakes fail early."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.generate import initial_noise
+from genkit.metrics import FeatureStatistics
+from samplers import reference, sample
+
+HERE = Path(__file__).resolve().parent
+CONFIG = {
+    "task": "compare",
+    "name": "three",
+    "subject": "samplers",
+    "field": {"kind": "mixture", "components": 4, "shape": [8], "seed": 1},
+    "solvers": ["euler", "heun", "dpmpp_2m"],
+    "nfe": [3, 6],
+    "schedules": ["karras"],
+    "num_samples": 40,
+    "seed": 2,
+    "metrics": ["rmse"],
+    "reference_tolerance": 1e-9,
+}
+
+
+def compare(folder: Path, config: dict, *overrides: str) -> subprocess.CompletedProcess:
+    (folder / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(folder / "runs")}))
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "WANDB_DIR": str(folder)}
+    command = [sys.executable, "-m", "genkit", "compare", "compare.yaml", *overrides]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_path):
+    result = compare(tmp_path, CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "three"
+    table = json.loads((run / "comparison.json").read_text())
+    columns, rows = table["columns"], table["rows"]
+    assert [(r[0], r[3]) for r in rows] == [(s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (3, 6)]
+    field = GaussianMixtureField.random(4, (8,), seed=1, diagonal=True)
+    noise = 80 * initial_noise(list(range(40)), (8,), 2).double()
+    target = reference(field.edm, noise, 80.0, 0.002, rtol=1e-9, atol=1e-9)
+    for row in rows:
+        cell = dict(zip(columns, row, strict=True))
+        if cell["method"] == "heun" and cell["nfe"] == 3:
+            assert cell["rmse"] is None and cell["nfe_counted"] == 0  # two evaluations a step: 3 is out of reach
+            continue
+        out = sample(field.edm, noise, cell["solver"], cell["nfe"], schedule="karras")
+        assert cell["rmse"] == pytest.approx((out - target).pow(2).mean().sqrt().item(), rel=1e-9)
+        assert cell["nfe_counted"] == cell["nfe"] and cell["num_samples"] == 40 and cell["seed"] == 2
+        assert cell["field"].startswith("gmm(") and cell["reference"] == "DOP853 rtol=atol=1e-09"
+    assert (run / "comparison.csv").read_text().splitlines()[0].startswith("method,solver,schedule,nfe,rmse")
+    assert (run / "plots" / "rmse_vs_nfe.png").stat().st_size > 0
+    assert len(list((run / "grids").glob("*.png"))) == 5
+    media = [p.relative_to(run) for p in (run / "wandb").rglob("media/*/*") if p.is_file()]
+    assert any("table/comparison" in str(p) for p in media) and any("rmse_vs_nfe" in str(p) for p in media)
+    assert "dpmpp_2m" in result.stdout and "rmse" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["solvers=[euler,unipc]"], "solvers='unipc' is not valid"),
+        (["field.kind=flow_run", "field.path=runs/missing"], "holds no trained velocity model"),
+        (["metrics=[rmse,fd]"], "metric fd needs image samples"),
+        (["metrics=[fd]", "extractor=torchscript"], "extractor: torchscript needs extractor_path"),
+        (["predictors=[runs/none]"], "is not a saved model folder"),
+    ],
+)
+def test_mistakes_fail_at_start_with_one_line(tmp_path, overrides, expected):
+    result = compare(tmp_path, CONFIG, *overrides, "tracker=none")
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs" / "three" / "comparison.json").exists()
+
+
+def test_feature_statistics_gathered_over_two_ranks_equal_one_pass(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(HERE / "statistics_worker.py"), str(tmp_path / "stats.json")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gathered = json.loads((tmp_path / "stats.json").read_text())
+    features = torch.randn(37, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+    whole = FeatureStatistics.of(features)
+    assert gathered["count"] == 37
+    torch.testing.assert_close(torch.tensor(gathered["total"], dtype=torch.float64), whole.total, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.tensor(gathered["outer"], dtype=torch.float64), whole.outer, rtol=1e-12, atol=0)
