@@ -25,16 +25,19 @@ from torch import Tensor
 
 import samplers
 from genkit.config import check_choice, config_dict, flat_config, load_config, register_task
-from genkit.data import DataConfig, build_dataset
+from genkit.data import DataConfig, build_dataset, validation_samples
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, Extractor, load_extractor
 from genkit.fields import FieldConfig, LoadedField
 from genkit.generate import initial_noise, save_picture
-from genkit.metrics import FeatureStatistics, frechet_from_statistics
+from genkit.metrics import FeatureStatistics, energy_distance, frechet_from_statistics, sliced_wasserstein
+from genkit.toys import TOYS
 from genkit.tracking import TRACKERS, RunLog
 from genkit.train.amed import load_predictor
+from genkit.train.gan import load_gan
+from genkit.train.tokenizer import evaluate_tokenizer, load_tokenizer
 
-SUBJECTS = ("samplers",)
+SUBJECTS = ("samplers", "tokenizers", "gans")
 METRICS = ("rmse", "fd")
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 FEATURE_BATCH = 256
@@ -54,6 +57,7 @@ class CompareConfig:
     nfe: list[int] = dataclasses.field(default_factory=lambda: [4, 8])
     schedules: list[str] = dataclasses.field(default_factory=lambda: ["karras"])
     predictors: list[str] = dataclasses.field(default_factory=list)
+    runs: list[str] = dataclasses.field(default_factory=list)
     num_samples: int = 256
     seed: int = 0
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rmse"])
@@ -76,6 +80,8 @@ class CompareConfig:
             check_choice("metrics", metric, METRICS)
         if self.num_samples < 2 or any(n < 1 for n in self.nfe):
             raise GenkitError("num_samples must be at least 2 and every nfe at least 1")
+        if self.subject != "samplers" and not self.runs:
+            raise GenkitError(f"subject {self.subject} compares runs: list their folders under runs: [...]")
 
 
 @dataclass
@@ -148,58 +154,158 @@ def run(config: CompareConfig) -> dict:
     """Compute every cell, log the table, plots and grids; returns {"columns", "rows"}."""
     run_dir = Path(config.output_dir) / config.name
     accelerator = Accelerator(log_with=None if config.tracker == "none" else config.tracker, project_dir=str(run_dir))
-    loaded = config.field.load(accelerator.device)
-    extractor = load_extractor(config.extractor, config.extractor_path) if "fd" in config.metrics else None
-    if extractor is not None and len(loaded.shape) != 3:
-        raise GenkitError(f"metric fd needs image samples; this field's samples have shape {loaded.shape}")
-    cells = grid_cells(config, loaded, accelerator.device)
+    subject = {"samplers": SamplerComparison, "tokenizers": TokenizerComparison, "gans": GanComparison}[config.subject]
+    comparison = subject(config, accelerator)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(accelerator, run_dir, config.tracker, flat_config(config_dict(config)))
-    reference_stats = reference_features(config, extractor, accelerator) if extractor else None
-    with accelerator.split_between_processes(list(range(config.num_samples))) as indices:
-        noise = SIGMA_MAX * initial_noise(indices, loaded.shape, config.seed).to(accelerator.device, loaded.dtype)
-    target = None
-    if "rmse" in config.metrics and len(noise):
-        tolerance = config.reference_tolerance
-        target = samplers.reference(loaded.edm, noise, SIGMA_MAX, SIGMA_MIN, rtol=tolerance, atol=tolerance)
-    protocol = {
-        "field": loaded.field_id,
-        "num_samples": config.num_samples,
-        "seed": config.seed,
-        "reference": f"DOP853 rtol=atol={config.reference_tolerance:g}" if "rmse" in config.metrics else "",
-    }
-    if extractor is not None:
-        protocol |= extractor.protocol() | {"reference_set": "val split", "fd_samples": config.num_samples}
-    columns = ["method", "solver", "schedule", "nfe", *config.metrics, "nfe_counted", "seconds", *protocol]
-    rows = []
-    for cell in cells:
-        out, evaluations, seconds = solve_cell(loaded, noise, cell) if len(noise) else (noise, cell.nfe, 0.0)
-        reachable = bool(accelerator.gather(torch.tensor([out is not None], device=accelerator.device)).all())
-        values = {}
-        if reachable and target is not None:
-            sums = torch.tensor([(out - target).double().pow(2).sum().item(), out.numel()], dtype=torch.float64)
-            sums = reduce(sums.to(accelerator.device), "sum").cpu()
-            values["rmse"] = (sums[0] / sums[1]).sqrt().item()
-        if reachable and extractor is not None:
-            local = FeatureStatistics.of(extractor.features(images_of(out))) if len(out) else None
-            values["fd"] = frechet_from_statistics(gather_statistics(local, extractor, accelerator), reference_stats)
-        metrics = [values.get(metric) for metric in config.metrics]
-        rows.append(
-            [cell.method, cell.solver, cell.schedule, cell.nfe, *metrics, evaluations, seconds, *protocol.values()]
-        )
-        if reachable and len(out):
-            log_grid(log, run_dir, cell, images_of(out[: config.grid_samples]) if len(loaded.shape) == 3 else out)
+    columns, rows = comparison.table(log, run_dir)
     log.log_table("comparison", columns, rows)
-    for metric in config.metrics:
-        plot = plot_metric(run_dir, metric, columns, rows)
+    for metric in comparison.plotted:
+        plot = plot_metric(run_dir, metric, columns, rows, comparison.x_axis, comparison.line_keys)
         if plot is not None:
-            log.log_picture(f"{metric}_vs_nfe", plot)
+            log.log_picture(f"{metric}_vs_{comparison.x_axis}", plot)
     log.finish()
     if accelerator.is_main_process:
-        shown = ["method", "schedule", "nfe", *config.metrics, "nfe_counted", "seconds"]
-        print(format_table(shown, [[row[columns.index(c)] for c in shown] for row in rows]))
+        print(format_table(comparison.shown, [[row[columns.index(c)] for c in comparison.shown] for row in rows]))
     return {"columns": columns, "rows": rows}
+
+
+class SamplerComparison:
+    """Solvers x NFE x schedules (+ AMED predictors) on one field, from the same noise."""
+
+    x_axis, line_keys = "nfe", ("method", "schedule")
+
+    def __init__(self, config: CompareConfig, accelerator: Accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.loaded = config.field.load(accelerator.device)
+        self.extractor = load_extractor(config.extractor, config.extractor_path) if "fd" in config.metrics else None
+        if self.extractor is not None and len(self.loaded.shape) != 3:
+            raise GenkitError(f"metric fd needs image samples; this field's samples have shape {self.loaded.shape}")
+        self.cells = grid_cells(config, self.loaded, accelerator.device)
+        self.plotted = list(config.metrics)
+        self.shown = ["method", "schedule", "nfe", *config.metrics, "nfe_counted", "seconds"]
+
+    def table(self, log: RunLog, run_dir: Path) -> tuple[list[str], list[list]]:
+        config, accelerator, loaded, extractor = self.config, self.accelerator, self.loaded, self.extractor
+        reference_stats = reference_features(config, extractor, accelerator) if extractor else None
+        with accelerator.split_between_processes(list(range(config.num_samples))) as indices:
+            noise = SIGMA_MAX * initial_noise(indices, loaded.shape, config.seed).to(accelerator.device, loaded.dtype)
+        target = None
+        if "rmse" in config.metrics and len(noise):
+            tolerance = config.reference_tolerance
+            target = samplers.reference(loaded.edm, noise, SIGMA_MAX, SIGMA_MIN, rtol=tolerance, atol=tolerance)
+        protocol = {
+            "field": loaded.field_id,
+            "num_samples": config.num_samples,
+            "seed": config.seed,
+            "reference": f"DOP853 rtol=atol={config.reference_tolerance:g}" if "rmse" in config.metrics else "",
+        }
+        if extractor is not None:
+            protocol |= extractor.protocol() | {"reference_set": "val split", "fd_samples": config.num_samples}
+        columns = ["method", "solver", "schedule", "nfe", *config.metrics, "nfe_counted", "seconds", *protocol]
+        rows = []
+        for cell in self.cells:
+            out, evaluations, seconds = solve_cell(loaded, noise, cell) if len(noise) else (noise, cell.nfe, 0.0)
+            reachable = bool(accelerator.gather(torch.tensor([out is not None], device=accelerator.device)).all())
+            values = {}
+            if reachable and target is not None:
+                sums = torch.tensor([(out - target).double().pow(2).sum().item(), out.numel()], dtype=torch.float64)
+                sums = reduce(sums.to(accelerator.device), "sum").cpu()
+                values["rmse"] = (sums[0] / sums[1]).sqrt().item()
+            if reachable and extractor is not None:
+                local = FeatureStatistics.of(extractor.features(images_of(out))) if len(out) else None
+                values["fd"] = frechet_from_statistics(
+                    gather_statistics(local, extractor, accelerator), reference_stats
+                )
+            metrics = [values.get(metric) for metric in config.metrics]
+            rows.append(
+                [cell.method, cell.solver, cell.schedule, cell.nfe, *metrics, evaluations, seconds, *protocol.values()]
+            )
+            if reachable and len(out):
+                samples = images_of(out[: config.grid_samples]) if len(loaded.shape) == 3 else out
+                log_grid(log, run_dir, f"{cell.method}_{cell.schedule}_nfe{cell.nfe}", samples)
+        return columns, rows
+
+
+class TokenizerComparison:
+    """Tokenizer runs on the same validation images: PSNR, codebook usage and perplexity against codebook size."""
+
+    x_axis, line_keys = "codebook_size", ("method",)
+    plotted = ("psnr", "codebook_usage")
+    shown = ["method", "run", "codebook_size", "psnr", "codebook_usage", "perplexity"]
+
+    def __init__(self, config: CompareConfig, accelerator: Accelerator):
+        self.config = config
+        self.runs = [Path(run) for run in config.runs]
+        for run in self.runs:
+            if not (run / "model").is_dir() or not (run / "config.yaml").is_file():
+                raise GenkitError(f"{run} is not a finished tokenizer run (no model/ or config.yaml); train it first")
+        data = config.reference_data or load_config(self.runs[0] / "config.yaml").data
+        self.images = validation_samples(data, config.num_samples)
+        self.data = data
+
+    def table(self, log: RunLog, run_dir: Path) -> tuple[list[str], list[list]]:
+        protocol = {"images": f"{len(self.images)} val images of {self.data.source} at {self.data.image_size}px"}
+        columns = [*self.shown, "images_per_second", *protocol]
+        rows = []
+        for run in self.runs:
+            run_config = load_config(run / "config.yaml")
+            tokenizer = load_tokenizer(run / "model")
+            if tokenizer.config["in_channels"] != self.images.shape[1]:
+                raise GenkitError(f"{run} encodes {tokenizer.config['in_channels']}-channel images, not these images")
+            metrics, reconstruction = evaluate_tokenizer(tokenizer, self.images)
+            method = run_config.model.quantizer.kind
+            rows.append(
+                [method, run.name, tokenizer.codebook_size, metrics["psnr"], metrics["codebook_usage"]]
+                + [metrics["perplexity"], metrics["images_per_second_eval"], *protocol.values()]
+            )
+            shown = torch.cat([self.images[: self.config.grid_samples], reconstruction[: self.config.grid_samples]])
+            log_grid(log, run_dir, f"{run.name}_reconstruction", shown)
+        return columns, rows
+
+
+class GanComparison:
+    """GAN runs from the same latent seeds: SW and ED to the val points (toys) or FD (images)."""
+
+    x_axis, line_keys, plotted = "run", ("method",), ()
+
+    def __init__(self, config: CompareConfig, accelerator: Accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.runs = [Path(run) for run in config.runs]
+        for run in self.runs:
+            if not (run / "model" / "generator").is_dir():
+                raise GenkitError(f"{run} is not a finished GAN run (no model/generator); train it first")
+        self.data = config.reference_data or load_config(self.runs[0] / "config.yaml").data
+        self.images = self.data.source not in TOYS
+        self.extractor = load_extractor(config.extractor, config.extractor_path) if self.images else None
+        metrics = ["fd"] if self.images else ["sliced_wasserstein", "energy_distance"]
+        self.metrics, self.shown = metrics, ["method", "run", *metrics]
+
+    def table(self, log: RunLog, run_dir: Path) -> tuple[list[str], list[list]]:
+        config = self.config
+        reference = validation_samples(self.data, config.num_samples)
+        protocol = {"num_samples": len(reference), "seed": config.seed, "reference_set": f"{self.data.source} val"}
+        if self.extractor is not None:
+            reference_stats = FeatureStatistics.of(self.extractor.features(reference))
+            protocol |= self.extractor.protocol()
+        columns = [*self.shown, *protocol]
+        rows = []
+        for run in self.runs:
+            generator, _, settings = load_gan(run / "model")
+            latent = (generator.config["latent_dim"],)
+            with torch.no_grad():
+                samples = generator(initial_noise(list(range(len(reference))), latent, config.seed))
+            if self.extractor is not None:
+                values = [
+                    frechet_from_statistics(FeatureStatistics.of(self.extractor.features(samples)), reference_stats)
+                ]
+            else:
+                values = [sliced_wasserstein(samples, reference), energy_distance(samples, reference)]
+            method = settings.method + (f"({settings.h})" if settings.method == "monoflow" else "")
+            rows.append([method, run.name, *values, *protocol.values()])
+            log_grid(log, run_dir, run.name, samples[: config.grid_samples] if self.images else samples)
+        return columns, rows
 
 
 def images_of(edm_samples: Tensor) -> Tensor:
@@ -207,36 +313,42 @@ def images_of(edm_samples: Tensor) -> Tensor:
     return edm_samples / (1 + SIGMA_MIN)
 
 
-def log_grid(log: RunLog, run_dir: Path, cell: Cell, samples: Tensor) -> None:
-    name = f"{cell.method}_{cell.schedule}_nfe{cell.nfe}".replace("(", "_").replace(")", "")
+def log_grid(log: RunLog, run_dir: Path, name: str, samples: Tensor) -> None:
+    """Images as a grid, other samples as a scatter of their first two coordinates, to grids/ and the tracker."""
+    name = name.replace("(", "_").replace(")", "")
     if samples.ndim == 4:
         log.log_images(f"grid/{name}", samples, 0)
         return
     if log.accelerator.is_main_process:
         path = run_dir / "grids" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_picture(samples[:, :2].cpu(), path)
+        save_picture(samples.flatten(1)[:, :2].cpu(), path)
         log.log_picture(f"grid/{name}", path)
 
 
-def plot_metric(run_dir: Path, metric: str, columns: list[str], rows: list[list]) -> Path | None:
-    """metric vs NFE, one line a (method, schedule), to plots/<metric>_vs_nfe.png."""
-    index = columns.index(metric)
+def plot_metric(
+    run_dir: Path, metric: str, columns: list[str], rows: list[list], x_axis: str, line_keys: tuple[str, ...]
+) -> Path | None:
+    """metric vs x_axis, one line a value of line_keys, to plots/<metric>_vs_<x_axis>.png."""
+    index, x_index = columns.index(metric), columns.index(x_axis)
+    keys = [columns.index(key) for key in line_keys]
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         if row[index] is not None:
-            lines.setdefault(f"{row[0]} ({row[2]})", []).append((row[3], row[index]))
+            label = " ".join(str(row[k]) for k in keys)
+            lines.setdefault(label, []).append((row[x_index], row[index]))
     if not lines:
         return None
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, points in lines.items():
         nfes, values = zip(*sorted(points), strict=True)
         axes.plot(nfes, values, marker="o", label=label)
-    axes.set_xlabel("NFE")
+    axes.set_xlabel(x_axis)
     axes.set_ylabel(metric)
-    axes.set_yscale("log")
+    axes.set_xscale("log" if x_axis == "codebook_size" else "linear")
+    axes.set_yscale("log" if x_axis == "nfe" else "linear")
     axes.legend(fontsize=7)
-    path = run_dir / "plots" / f"{metric}_vs_nfe.png"
+    path = run_dir / "plots" / f"{metric}_vs_{x_axis}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)

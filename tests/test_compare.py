@@ -94,3 +94,67 @@ def test_feature_statistics_gathered_over_two_ranks_equal_one_pass(tmp_path):
     assert gathered["count"] == 37
     torch.testing.assert_close(torch.tensor(gathered["total"], dtype=torch.float64), whole.total, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.tensor(gathered["outer"], dtype=torch.float64), whole.outer, rtol=1e-12, atol=0)
+
+
+TOKENIZER = {
+    "task": "tokenizer",
+    "eval_images": 8,
+    "data": {"source": "crops", "num_train": 64, "num_val": 8},
+    "model": {"channels": [8, 16], "latent_dim": 4, "norm_groups": 4},
+    "train": {"steps": 2, "batch_size": 8, "tracker": "none", "ema_decay": 0.0, "eval_every": 2, "log_every": 1},
+}
+GAN = {
+    "task": "gan",
+    "eval_samples": 64,
+    "data": {"source": "moons", "num_val": 64},
+    "model": {"kind": "mlp", "hidden": 16, "depth": 2, "latent_dim": 4},
+    "train": {"steps": 4, "batch_size": 32, "tracker": "none", "ema_decay": 0.0, "eval_every": 4, "log_every": 2},
+}
+
+
+def train_runs(folder: Path, base: dict, variants: dict[str, dict]) -> list[str]:
+    """Train tiny runs in-process, one per variant (dotted keys merged into `base`); their folders."""
+    from genkit.config import load_config
+    from genkit.train import gan
+    from genkit.train import tokenizer as tokenizer_training
+
+    runs = []
+    for name, changes in variants.items():
+        config = {**base, "name": name, "output_dir": str(folder / "runs")}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        overrides = [f"{key}={value}" for key, value in changes.items()]
+        loaded = load_config(folder / f"{name}.yaml", overrides)
+        (gan.train if loaded.task == "gan" else tokenizer_training.train)(loaded)
+        runs.append(str(folder / "runs" / name))
+    return runs
+
+
+def test_tokenizer_and_gan_runs_are_compared_on_the_same_inputs(tmp_path):
+    tokenizers = train_runs(
+        tmp_path,
+        TOKENIZER,
+        {
+            "fsq": {"model.quantizer.kind": "fsq", "model.quantizer.levels": "[5,5,5,5]"},
+            "vq": {"model.quantizer.kind": "vq"},
+        },
+    )
+    config = {"task": "compare", "name": "tok", "subject": "tokenizers", "runs": tokenizers, "num_samples": 8}
+    result = compare(tmp_path, config, "tracker=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "runs" / "tok" / "comparison.json").read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+    assert [(r["method"], r["codebook_size"]) for r in rows] == [("fsq", 625), ("vq", 1024)]
+    assert all(r["psnr"] > 0 and 0 < r["codebook_usage"] <= 1 for r in rows)
+    assert (tmp_path / "runs" / "tok" / "plots" / "psnr_vs_codebook_size.png").exists()
+
+    gans = train_runs(tmp_path, GAN, {"mono": {"gan.method": "monoflow"}, "gp": {"gan.method": "wgan_gp"}})
+    config = {"task": "compare", "name": "gans", "subject": "gans", "runs": gans, "num_samples": 64}
+    result = compare(tmp_path, config, "tracker=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "runs" / "gans" / "comparison.json").read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+    assert [r["method"] for r in rows] == ["monoflow(non_saturating)", "wgan_gp"]
+    assert all(r["sliced_wasserstein"] > 0 and r["energy_distance"] > 0 for r in rows)
+    assert len(list((tmp_path / "runs" / "gans" / "grids").glob("*.png"))) == 2
+    missing = compare(tmp_path, {**config, "runs": [str(tmp_path / "nothing")]}, "tracker=none")
+    assert missing.returncode == 2 and "not a finished GAN run" in missing.stderr
