@@ -72,6 +72,7 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
         (["field.kind=flow_run", "field.path=runs/missing"], "holds no trained velocity model"),
         (["metrics=[rmse,fd]"], "metric fd needs image samples"),
         (["metrics=[fd]", "extractor=torchscript"], "extractor: torchscript needs extractor_path"),
+        (["metrics=[fd]", "extractor=inception"], "genkit does not download Inception weights"),
         (["predictors=[runs/none]"], "is not a saved model folder"),
     ],
 )
