@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
 import samplers
 from genkit import __version__
@@ -13,6 +12,7 @@ from genkit import compare as comparison
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.generate import sample_run
+from genkit.processes import process_state
 from genkit.train import amed, flow, gan, reflow
 from genkit.train import tokenizer as tokenizer_training
 
@@ -76,8 +76,9 @@ def sample(args: argparse.Namespace) -> None:
         args.refine_steps,
         args.refine_step_size,
     )
-    if PartialState().is_main_process:
-        print(f"{len(samples)} samples: {stem}.safetensors, {stem}.png")
+    state = process_state()
+    if state.is_main_process:
+        print(f"{len(samples)} samples on {state.num_processes} process(es): {stem}.safetensors, {stem}.png")
 
 
 def build_parser() -> argparse.ArgumentParser:

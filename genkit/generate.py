@@ -8,7 +8,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -19,6 +18,7 @@ from genkit.config import load_config
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.fields import flow_run_id, model_folder
+from genkit.processes import process_state
 from genkit.tracking import image_grid
 from genkit.train.amed import load_predictor
 from genkit.train.flow import load_velocity_model
@@ -106,7 +106,7 @@ def sample_run(
     others default to Euler at NFE 4 on the rectified `uniform` schedule. GAN runs: the generator, optionally
     refined by `refine_steps` Euler steps along its critic's field.
     """
-    state = PartialState()
+    state = process_state()
     folder = model_folder(run)
     config = load_config(folder / "config.yaml")
     if config.task == "gan":

@@ -132,6 +132,7 @@ def test_sampling_gives_the_same_samples_on_one_or_two_processes(reflow_run):
     path.unlink()
     two = genkit(folder, *args, launch=TWO_RANKS)
     assert two.returncode == 0, two.stderr[-2000:]
+    assert "on 2 process(es)" in two.stdout and "on 1 process(es)" in one.stdout
     assert single.shape == (37, 2)
     torch.testing.assert_close(load_file(path)["samples"], single, rtol=0, atol=1e-6)
     assert path.with_suffix(".png").stat().st_size > 0

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import PartialState
 
 from genkit.checkpoint import write_json
 from genkit.config import config_dict, flat_config, register_task
 from genkit.data import DataConfig, data_shape, validation_samples
 from genkit.errors import GenkitError
+from genkit.processes import process_state
 from genkit.train import flow
 from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow, load_velocity_model
 from genkit.train.loop import OptimizerConfig, TrainConfig
@@ -113,7 +113,7 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
     """Run every unfinished stage; returns each training stage's evaluation (summary.json, redone when a stage ran)."""
     root = Path(config.output_dir) / config.name
     shape = data_shape(config.data)
-    state = PartialState()
+    state = process_state()
     model, pairs, ran = None, None, False
     for stage in stage_names(config):
         folder = root / stage
