@@ -30,7 +30,13 @@ from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, Extractor, load_extractor
 from genkit.fields import FieldConfig, LoadedField
 from genkit.generate import initial_noise, save_picture
-from genkit.metrics import FeatureStatistics, energy_distance, frechet_from_statistics, sliced_wasserstein
+from genkit.metrics import (
+    FeatureStatistics,
+    energy_distance,
+    frechet_from_statistics,
+    sliced_wasserstein,
+    ssim,
+)
 from genkit.toys import TOYS
 from genkit.tracking import TRACKERS, RunLog
 from genkit.train.amed import load_predictor
@@ -232,8 +238,8 @@ class TokenizerComparison:
     """Tokenizer runs on the same validation images: PSNR, codebook usage and perplexity against codebook size."""
 
     x_axis, line_keys = "codebook_size", ("method",)
-    plotted = ("psnr", "codebook_usage")
-    shown = ["method", "run", "codebook_size", "psnr", "codebook_usage", "perplexity"]
+    plotted = ("psnr", "ssim", "codebook_usage")
+    shown = ["method", "run", "codebook_size", "psnr", "ssim", "codebook_usage", "perplexity"]
 
     def __init__(self, config: CompareConfig, accelerator: Accelerator):
         self.config = config
@@ -257,7 +263,8 @@ class TokenizerComparison:
             metrics, reconstruction = evaluate_tokenizer(tokenizer, self.images)
             method = run_config.model.quantizer.kind
             rows.append(
-                [method, run.name, tokenizer.codebook_size, metrics["psnr"], metrics["codebook_usage"]]
+                [method, run.name, tokenizer.codebook_size, metrics["psnr"], ssim(reconstruction, self.images)]
+                + [metrics["codebook_usage"]]
                 + [metrics["perplexity"], metrics["images_per_second_eval"], *protocol.values()]
             )
             shown = torch.cat([self.images[: self.config.grid_samples], reconstruction[: self.config.grid_samples]])

@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
+from skimage.metrics import structural_similarity
 from torch import Tensor
 
 from genkit.errors import GenkitError
@@ -19,6 +20,15 @@ def psnr(images: Tensor, reference: Tensor, data_range: float = 2.0) -> float:
     """Mean over images of 10 log10(range^2 / MSE), for images in [-1, 1] (range 2)."""
     mse = (images.double() - reference.double()).pow(2).flatten(1).mean(1)
     return (10 * torch.log10(data_range**2 / mse)).mean().item()
+
+
+def ssim(images: Tensor, reference: Tensor) -> float:
+    """Mean over images of scikit-image's SSIM (Gaussian-weighted, as Wang et al. 2004) for images in [-1, 1]."""
+    pairs = zip(images.detach().double().cpu().numpy(), reference.detach().double().cpu().numpy(), strict=True)
+    scores = [
+        structural_similarity(a, b, data_range=2.0, channel_axis=0, gaussian_weights=True, sigma=1.5) for a, b in pairs
+    ]
+    return float(np.mean(scores))
 
 
 def straightness(field: VelocityModel, z0: Tensor, nfe: int = 100) -> float:

@@ -145,7 +145,7 @@ def test_tokenizer_and_gan_runs_are_compared_on_the_same_inputs(tmp_path):
     table = json.loads((tmp_path / "runs" / "tok" / "comparison.json").read_text())
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
     assert [(r["method"], r["codebook_size"]) for r in rows] == [("fsq", 625), ("vq", 1024)]
-    assert all(r["psnr"] > 0 and 0 < r["codebook_usage"] <= 1 for r in rows)
+    assert all(r["psnr"] > 0 and -1 < r["ssim"] < 1 and 0 < r["codebook_usage"] <= 1 for r in rows)
     assert (tmp_path / "runs" / "tok" / "plots" / "psnr_vs_codebook_size.png").exists()
 
     gans = train_runs(tmp_path, GAN, {"mono": {"gan.method": "monoflow"}, "gp": {"gan.method": "wgan_gp"}})

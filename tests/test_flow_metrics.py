@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from genkit.errors import GenkitError
-from genkit.metrics import energy_distance, frechet_distance, mode_coverage, sliced_wasserstein, straightness
+from genkit.metrics import energy_distance, frechet_distance, mode_coverage, sliced_wasserstein, ssim, straightness
 from genkit.toys import EIGHT_GAUSSIAN_CENTRES, toy_mixture
 from samplers import euler, uniform
 
@@ -181,3 +181,12 @@ def test_frechet_distance_is_the_closed_form_between_gaussians():
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ssim_is_one_on_identical_images_and_falls_with_noise():
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    smooth = torch.nn.functional.avg_pool2d(images, 5, stride=1, padding=2)
+    noise = torch.randn(smooth.shape, generator=torch.Generator().manual_seed(1))
+    assert ssim(smooth, smooth) == pytest.approx(1.0)
+    scores = [ssim((smooth + scale * noise).clamp(-1, 1), smooth) for scale in (0.05, 0.2, 0.8)]
+    assert 1 > scores[0] > scores[1] > scores[2] > -1
