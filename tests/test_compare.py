@@ -159,3 +159,40 @@ def test_tokenizer_and_gan_runs_are_compared_on_the_same_inputs(tmp_path):
     assert len(list((tmp_path / "runs" / "gans" / "grids").glob("*.png"))) == 2
     missing = compare(tmp_path, {**config, "runs": [str(tmp_path / "nothing")]}, "tracker=none")
     assert missing.returncode == 2 and "not a finished GAN run" in missing.stderr
+
+
+def test_an_amed_predictor_is_one_more_cell_at_its_own_nfe_and_two_ranks_agree_with_one(tmp_path):
+    from genkit.config import load_config
+    from genkit.train import amed as amed_training
+
+    distil = {
+        "task": "amed",
+        "name": "amed",
+        "output_dir": str(tmp_path / "runs"),
+        "num_samples": 256,
+        "field": CONFIG["field"],
+        "train": {"steps": 2, "batch_size": 128, "tracker": "none", "eval_every": 2},
+    }
+    (tmp_path / "amed.yaml").write_text(yaml.safe_dump(distil))
+    amed_training.train(load_config(tmp_path / "amed.yaml"))
+    config = {**CONFIG, "solvers": ["euler"], "nfe": [5], "predictors": [str(tmp_path / "runs" / "amed" / "model")]}
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"]
+    tables = {}
+    for name, ranks in (("one", ["--num_processes", "1"]), ("two", ["--multi_gpu", "--num_processes", "2"])):
+        command = [*launch, *ranks, "-m", "genkit", "compare", "compare.yaml", f"name={name}", "tracker=none"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        tables[name] = json.loads((tmp_path / "runs" / name / "comparison.json").read_text())
+    columns = tables["one"]["columns"]
+    rows = {name: [dict(zip(columns, row, strict=True)) for row in t["rows"]] for name, t in tables.items()}
+    assert [(r["method"], r["nfe"], r["schedule"]) for r in rows["one"]] == [
+        ("euler", 5, "karras"),
+        ("amed", 5, "time_uniform"),
+    ]
+    assert rows["one"][1]["nfe_counted"] == 5
+    for one, two in zip(rows["one"], rows["two"], strict=True):
+        # Each rank solves the reference for its own shard: adaptive steps differ within the 1e-9 tolerance.
+        assert two["rmse"] == pytest.approx(one["rmse"], rel=1e-6)
