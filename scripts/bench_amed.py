@@ -21,11 +21,13 @@ instead of the pooled slope. The goal line compares AMED-Plugin at NFE 5 with th
 (the paper: 2x).
 
 `--only mixture|digits` runs one part; `--quick` is a smoke test (tiny budgets, meaningless numbers, its own
-folders and runs/bench_amed_quick.json). Results and settings go to runs/bench_amed.json. On a shared 2-core
-machine run it with OMP_NUM_THREADS=1 next to other jobs.
+folders and runs/bench_amed_quick.json); `--nfe 5 6 --digit-draws 10000` reruns some columns with the paper's
+distillation budget (its own folders and JSON, the same trained flow as the default run). Results and settings
+go to runs/bench_amed.json. On a shared 2-core machine run it with OMP_NUM_THREADS=1 next to other jobs.
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -310,10 +312,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("mixture", "digits"), default=None)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, meaningless numbers")
+    parser.add_argument("--nfe", type=int, nargs="+", default=None, help="only these NFE columns")
+    parser.add_argument("--digit-draws", type=int, default=None, help="distillation draws for digits (2560)")
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
-    output = REPO / "runs" / ("bench_amed_quick.json" if args.quick else "bench_amed.json")
-    root = OUTPUT_DIR.with_name("bench_amed_quick") if args.quick else OUTPUT_DIR
+    budget = dataclasses.replace(
+        budget,
+        nfes=tuple(args.nfe or budget.nfes),
+        digit_distil_samples=args.digit_draws or budget.digit_distil_samples,
+    )
+    variant = "quick" if args.quick else "" if budget == FULL else f"draws{budget.digit_distil_samples}"
+    output = REPO / "runs" / (f"bench_amed_{variant}.json" if variant else "bench_amed.json")
+    root = OUTPUT_DIR.with_name(f"bench_amed_{variant}") if variant else OUTPUT_DIR
     results = json.loads(output.read_text()) if output.is_file() else {}
     results |= {"settings": {"budget": vars(budget), "variants": AMED_VARIANTS}, "machine": platform.platform()}
     results["paper_cifar10_fid"] = PAPER_CIFAR10_FID
@@ -325,7 +335,7 @@ def main() -> None:
         )
         write_json(output, results)
     if args.only in (None, "digits"):
-        run = train_flow(budget, root)
+        run = train_flow(budget, root if args.quick else OUTPUT_DIR)
         digits = FieldConfig(kind="flow_run", path=str(run))
         score = digit_scorer(digits.load().shape[-1], budget)
         results["digits"] = field_rows(
