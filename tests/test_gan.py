@@ -111,6 +111,8 @@ def test_the_penalty_is_float32_and_unscaled_under_mixed_precision():
     plain = gradient_penalty(critic, points, 1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = gradient_penalty(critic, points, 1.0)
+    # The accelerator state is process-wide: start from none, and leave none for later in-process training.
+    AcceleratorState._reset_state(reset_partial_state=True)
     try:
         prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare(critic)
         # The wrapper computes in bf16 (its outputs come back as float32, rounded).
@@ -118,7 +120,6 @@ def test_the_penalty_is_float32_and_unscaled_under_mixed_precision():
             assert not torch.equal(prepared(points), type(critic).forward(critic, points))
         wrapped = gradient_penalty(prepared, points, 1.0)
     finally:
-        # The accelerator state is process-wide: later in-process training must start without bf16.
         AcceleratorState._reset_state(reset_partial_state=True)
     assert plain.dtype == inside.dtype == wrapped.dtype == torch.float32 and plain.isfinite()
     torch.testing.assert_close(inside, plain)
