@@ -22,7 +22,8 @@ instead of the pooled slope. The goal line compares AMED-Plugin at NFE 5 with th
 
 `--only mixture|digits` runs one part; `--quick` is a smoke test (tiny budgets, meaningless numbers, its own
 folders and runs/bench_amed_quick.json); `--nfe 5 6 --digit-draws 10000` reruns some columns with the paper's
-distillation budget (its own folders and JSON, the same trained flow as the default run). Results and settings
+distillation budget (its own folders and JSON, the same trained flow as the default run); `--features bottleneck`
+distils every AMED cell on the U-Net's middle block instead of the slope. Results and settings
 go to runs/bench_amed.json. On a shared 2-core machine run it with OMP_NUM_THREADS=1 next to other jobs.
 """
 
@@ -210,10 +211,12 @@ def field_rows(
     tolerance: float,
     reference_root: Path,
     score=None,
+    features: str = "slope",
 ) -> dict:
     """Every (row, NFE) cell of one field: RMSE to the reference, `score` of the samples, distillation seconds.
 
-    With a `score` (the image model) both AMED variants are also distilled at FEATURE_NFE on bottleneck features.
+    AMED predictors read `features`; with slope features and a `score` (the image model) both AMED variants are
+    also distilled at FEATURE_NFE on bottleneck features.
     """
     loaded = field.load()
     noise = sigma_max_noise(samples, loaded.shape, SIGMA_MAX, EVAL_SEED, loaded.dtype)
@@ -229,13 +232,13 @@ def field_rows(
         for nfe in budget.nfes:
             predictor, settings = None, None
             if row in AMED_VARIANTS:
-                settings = amed_settings(row, nfe)
+                settings = amed_settings(row, nfe, features)
                 predictor, seconds = distil(f"{row}_nfe{nfe}", field, loaded, settings, draws, budget, root / name)
                 result["distil_seconds"].setdefault(row, {})[nfe] = seconds
             out = solve_cell(loaded, noise, row, nfe, predictor, settings)
             result["rmse"][row][nfe], result["score"][row][nfe] = (None, None) if out is None else measure(out)
             print(f"{name} {row} NFE {nfe}: RMSE {result['rmse'][row][nfe]}", flush=True)
-    if score is not None:
+    if score is not None and features == "slope":
         result["bottleneck"] = {}
         for variant in AMED_VARIANTS:
             settings = amed_settings(variant, FEATURE_NFE, "bottleneck")
@@ -316,6 +319,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, meaningless numbers")
     parser.add_argument("--nfe", type=int, nargs="+", default=None, help="only these NFE columns")
     parser.add_argument("--digit-draws", type=int, default=None, help="distillation draws for digits (2560)")
+    parser.add_argument("--features", choices=("slope", "bottleneck"), default="slope", help="AMED predictor input")
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
     budget = dataclasses.replace(
@@ -324,6 +328,7 @@ def main() -> None:
         digit_distil_samples=args.digit_draws or budget.digit_distil_samples,
     )
     variant = "quick" if args.quick else "" if budget == FULL else f"draws{budget.digit_distil_samples}"
+    variant = "_".join(v for v in (variant, "" if args.features == "slope" else args.features) if v)
     output = REPO / "runs" / (f"bench_amed_{variant}.json" if variant else "bench_amed.json")
     root = OUTPUT_DIR.with_name(f"bench_amed_{variant}") if variant else OUTPUT_DIR
     # The trained flow and the reference solves are shared by every variant of the full budget.
@@ -343,14 +348,23 @@ def main() -> None:
         digits = FieldConfig(kind="flow_run", path=str(run))
         score = digit_scorer(digits.load().shape[-1], budget)
         results["digits"] = field_rows(
-            "digits", digits, budget, root, budget.digit_samples, budget.digit_distil_samples, 1e-5, shared, score
+            "digits",
+            digits,
+            budget,
+            root,
+            budget.digit_samples,
+            budget.digit_distil_samples,
+            1e-5,
+            shared,
+            score,
+            args.features,
         )
         results["digits"]["flow_seconds"] = distillation_seconds(run)
         write_json(output, results)
     for field in ("mixture", "digits"):
         if field in results:
             results[field]["goal"] = report(field, results[field])
-    if "digits" in results:
+    if "bottleneck" in results.get("digits", {}):
         print(f"\ndigits, NFE {FEATURE_NFE}: predictor features   RMSE        FD   distil s")
         for variant, values in results["digits"]["bottleneck"].items():
             slope = [
