@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launching import LAUNCH, RANKS, genkit_on_ranks
 
 from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.generate import initial_noise
@@ -83,10 +84,8 @@ def test_mistakes_fail_at_start_with_one_line(tmp_path, overrides, expected):
 
 
 def test_feature_statistics_gathered_over_two_ranks_equal_one_pass(tmp_path):
+    command = [*LAUNCH, *RANKS["two"], str(HERE / "statistics_worker.py"), str(tmp_path / "stats.json")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(HERE / "statistics_worker.py"), str(tmp_path / "stats.json")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     gathered = json.loads((tmp_path / "stats.json").read_text())
@@ -177,13 +176,9 @@ def test_an_amed_predictor_is_one_more_cell_at_its_own_nfe_and_two_ranks_agree_w
     amed_training.train(load_config(tmp_path / "amed.yaml"))
     config = {**CONFIG, "solvers": ["euler"], "nfe": [5], "predictors": [str(tmp_path / "runs" / "amed" / "model")]}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no"]
     tables = {}
-    for name, ranks in (("one", ["--num_processes", "1"]), ("two", ["--multi_gpu", "--num_processes", "2"])):
-        command = [*launch, *ranks, "-m", "genkit", "compare", "compare.yaml", f"name={name}", "tracker=none"]
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    for name in ("one", "two"):
+        result = genkit_on_ranks(tmp_path, name, "compare", "compare.yaml", f"name={name}", "tracker=none")
         assert result.returncode == 0, result.stderr[-3000:]
         tables[name] = json.loads((tmp_path / "runs" / name / "comparison.json").read_text())
     columns = tables["one"]["columns"]

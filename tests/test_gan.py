@@ -11,6 +11,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from launching import genkit_on_ranks
 from safetensors.torch import load_file
 
 from genkit.config import load_config
@@ -212,12 +213,8 @@ def test_two_processes_train_the_same_gan_as_one(tmp_path):
         gan={"method": "wgan_gp", "n_critic": 2},
         train={"steps": 6, "batch_size": 64, "log_every": 3, "eval_every": 6, "checkpoint_every": 6},
     )
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no"]
-    for name, ranks in (("one", ["--num_processes", "1"]), ("two", ["--multi_gpu", "--num_processes", "2"])):
-        command = [*launch, *ranks, "-m", "genkit", "train", "gp.yaml", f"name={name}"]
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    for name in ("one", "two"):
+        result = genkit_on_ranks(tmp_path, name, "train", "gp.yaml", f"name={name}")
         assert result.returncode == 0, result.stderr[-3000:]
         runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
         assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
