@@ -28,7 +28,7 @@ from genkit.config import check_choice, config_dict, flat_config, load_config, r
 from genkit.data import DataConfig, build_dataset, validation_samples
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, Extractor, load_extractor
-from genkit.fields import FieldConfig, LoadedField
+from genkit.fields import FieldConfig, LoadedField, model_folder
 from genkit.generate import initial_noise, save_picture
 from genkit.metrics import (
     FeatureStatistics,
@@ -100,9 +100,6 @@ class Cell:
     schedule: str
     options: dict
 
-    def label(self) -> str:
-        return f"{self.method} nfe={self.nfe} {self.schedule}"
-
 
 def grid_cells(config: CompareConfig, loaded: LoadedField, device: torch.device) -> list[Cell]:
     """Baselines x NFE x schedules, then one cell per predictor (refused unless distilled for this field)."""
@@ -120,13 +117,17 @@ def grid_cells(config: CompareConfig, loaded: LoadedField, device: torch.device)
     return cells
 
 
-def reference_features(config: CompareConfig, extractor: Extractor, accelerator: Accelerator) -> FeatureStatistics:
-    """Feature statistics of the reference set (the field's data val split unless reference_data names one)."""
-    data = config.reference_data
-    if data is None:
-        if config.field.kind != "flow_run":
-            raise GenkitError("metric fd on this field needs reference_data, the data set to compare samples with")
-        data = load_config(Path(config.field.path) / "config.yaml").data
+def reference_data(config: CompareConfig) -> DataConfig:
+    """The data set samples are compared with: reference_data, else a flow run's own data config."""
+    if config.reference_data is not None:
+        return config.reference_data
+    if config.field.kind != "flow_run":
+        raise GenkitError("metric fd on this field needs reference_data, the data set to compare samples with")
+    return load_config(model_folder(Path(config.field.path)) / "config.yaml").data
+
+
+def reference_features(data: DataConfig, extractor: Extractor, accelerator: Accelerator) -> FeatureStatistics:
+    """Feature statistics of the val split of `data`, each process featurising its share."""
     dataset = build_dataset(data, "val")
     with accelerator.split_between_processes(list(range(len(dataset)))) as indices:
         images = torch.stack([dataset[i] for i in indices]) if indices else None
@@ -188,13 +189,14 @@ class SamplerComparison:
         self.extractor = load_extractor(config.extractor, config.extractor_path) if "fd" in config.metrics else None
         if self.extractor is not None and len(self.loaded.shape) != 3:
             raise GenkitError(f"metric fd needs image samples; this field's samples have shape {self.loaded.shape}")
+        self.data = reference_data(config) if self.extractor is not None else None
         self.cells = grid_cells(config, self.loaded, accelerator.device)
         self.plotted = list(config.metrics)
         self.shown = ["method", "schedule", "nfe", *config.metrics, "nfe_counted", "seconds"]
 
     def table(self, log: RunLog, run_dir: Path) -> tuple[list[str], list[list]]:
         config, accelerator, loaded, extractor = self.config, self.accelerator, self.loaded, self.extractor
-        reference_stats = reference_features(config, extractor, accelerator) if extractor else None
+        reference_stats = reference_features(self.data, extractor, accelerator) if extractor else None
         with accelerator.split_between_processes(list(range(config.num_samples))) as indices:
             noise = SIGMA_MAX * initial_noise(indices, loaded.shape, config.seed).to(accelerator.device, loaded.dtype)
         target = None
