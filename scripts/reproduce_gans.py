@@ -13,21 +13,22 @@ Refinement: the samples then take Euler steps along the critic's field (grad h(d
 WGAN; `genkit sample --refine-steps K --refine-step-size ETA`), K = 5 at two step sizes; a cell is marked
 "helps" when the refined distance is lower.
 
-`--only toys|mnist`; `--quick` is a smoke test (tiny budgets, meaningless numbers, own folders and
-runs/reproduce_gans_quick.json). Results go to runs/reproduce_gans.json. Run with OMP_NUM_THREADS=1 on a
-shared 2-core machine.
+Rerunning reuses every finished run whose config is unchanged. `--only toys|mnist`; `--quick` is a smoke test
+(tiny budgets, meaningless numbers, own folders and runs/reproduce_gans_quick.json). Results go to
+runs/reproduce_gans.json. Run with OMP_NUM_THREADS=1 on a shared 2-core machine.
 """
 
 import argparse
 import json
 import platform
-import time
+import shutil
 from pathlib import Path
 
 import torch
+import yaml
 
 from genkit.checkpoint import write_json
-from genkit.config import load_config
+from genkit.config import config_dict, load_config
 from genkit.data import build_dataset, validation_samples
 from genkit.digits import digit_classifier, digit_features, digit_images
 from genkit.generate import refine
@@ -89,10 +90,19 @@ def evaluate_cell(run: Path, noise: torch.Tensor, score, sizes: tuple[float, ...
 
 
 def train_cell(method: str, data: str, root: Path, quick: bool) -> tuple[Path, float, object]:
+    """(run folder, training seconds, config): a finished run with the same config is reused, else (re)trained.
+
+    The seconds are the span from the run's config.yaml (written when the loop starts) to its exported model.
+    """
     config = run_config(method, data, root, quick)
-    start = time.perf_counter()
-    gan.train(config)
-    return root / config.name, time.perf_counter() - start, config
+    run = root / config.name
+    saved = run / "config.yaml"
+    finished = (run / "model" / "generator").is_dir() and saved.is_file()
+    if not (finished and yaml.safe_load(saved.read_text()) == config_dict(config.resolved())):
+        shutil.rmtree(run, ignore_errors=True)
+        gan.train(config)
+    seconds = (run / "model" / "generator" / "config.json").stat().st_mtime - saved.stat().st_mtime
+    return run, seconds, config
 
 
 def untrained_scores(config, noise: torch.Tensor, score) -> dict:

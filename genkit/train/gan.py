@@ -281,8 +281,13 @@ def load_gan(folder: Path) -> tuple[nn.Module, nn.Module, GanConfig]:
         kind = config.pop("kind", None)
         if kind not in registry:
             raise GenkitError(f"{folder / name} does not hold a GAN {name} (kind={kind!r})")
-        network = registry[kind](**config)
-        network.load_state_dict(state)
+        try:
+            network = registry[kind](**config)
+            network.load_state_dict(state)
+        except (TypeError, RuntimeError) as error:
+            raise GenkitError(
+                f"{folder / name} does not fit this genkit's {kind} {name} ({error}); retrain it"
+            ) from None
         networks.append(network.eval())
     return networks[0], networks[1], GanConfig(**gan)
 
