@@ -55,6 +55,11 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor], config: dict) -> 
     replace_folder(temporary, folder)
 
 
+def training_seconds(run: Path, model: Path) -> float:
+    """Wall time of a finished run: from its config.yaml (written when the loop starts) to the exported `model`."""
+    return (model / CONFIG_NAME).stat().st_mtime - (run / "config.yaml").stat().st_mtime
+
+
 def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, config) from a folder written by `save_weights`, with a clear error when it is not one."""
     folder = Path(folder)

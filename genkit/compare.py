@@ -42,10 +42,10 @@ from genkit.tracking import TRACKERS, RunLog
 from genkit.train.amed import load_predictor
 from genkit.train.gan import load_gan
 from genkit.train.tokenizer import evaluate_tokenizer, load_tokenizer
+from samplers.schedules import SIGMA_MAX, SIGMA_MIN
 
 SUBJECTS = ("samplers", "tokenizers", "gans")
 METRICS = ("rmse", "fd")
-SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 FEATURE_BATCH = 256
 
 
@@ -222,7 +222,7 @@ class SamplerComparison:
                 sums = reduce(sums.to(accelerator.device), "sum").cpu()
                 values["rmse"] = (sums[0] / sums[1]).sqrt().item()
             if reachable and extractor is not None:
-                local = FeatureStatistics.of(extractor.features(images_of(out))) if len(out) else None
+                local = FeatureStatistics.of(extractor.features(data_space(out, config.field))) if len(out) else None
                 values["fd"] = frechet_from_statistics(
                     gather_statistics(local, extractor, accelerator), reference_stats
                 )
@@ -231,7 +231,7 @@ class SamplerComparison:
                 [cell.method, cell.solver, cell.schedule, cell.nfe, *metrics, evaluations, seconds, *protocol.values()]
             )
             if reachable and len(out):
-                samples = images_of(out[: config.grid_samples]) if len(loaded.shape) == 3 else out
+                samples = data_space(out[: config.grid_samples], config.field) if len(loaded.shape) == 3 else out
                 log_grid(log, run_dir, f"{cell.method}_{cell.schedule}_nfe{cell.nfe}", samples)
         return columns, rows
 
@@ -317,9 +317,9 @@ class GanComparison:
         return columns, rows
 
 
-def images_of(edm_samples: Tensor) -> Tensor:
-    """x~ at sigma_min back to data space: for a rectified flow x_1 = x~ / (1 + sigma_min); the same scale else."""
-    return edm_samples / (1 + SIGMA_MIN)
+def data_space(edm_samples: Tensor, field: FieldConfig) -> Tensor:
+    """The EDM state at sigma_min as data: x_1 = x~ / (1 + sigma_min) for a rectified flow, x~ itself otherwise."""
+    return edm_samples / (1 + SIGMA_MIN) if field.kind == "flow_run" else edm_samples
 
 
 def log_grid(log: RunLog, run_dir: Path, name: str, samples: Tensor) -> None:

@@ -22,11 +22,11 @@ from genkit.processes import process_state
 from genkit.tracking import image_grid
 from genkit.train.amed import load_predictor
 from genkit.train.flow import load_velocity_model
-from genkit.train.gan import load_gan
+from genkit.train.gan import load_gan, potential_field
 from genkit.velocity import GradientField, RectifiedAsEDM
+from samplers.schedules import SIGMA_MAX, SIGMA_MIN
 
 SIGMA_SPACE_SOLVERS = ("dpm_solver_2", "dpmpp_2m")
-SIGMA_MAX = 80.0
 
 
 def initial_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> Tensor:
@@ -45,7 +45,7 @@ def solve(
         return samplers.sample(model, noise, solver, nfe, schedule="uniform")
     # x~ = x_t / t = x1 + sigma z with sigma = (1 - t) / t: at sigma_max the data term is negligible.
     edm = samplers.sample(RectifiedAsEDM(model), SIGMA_MAX * noise, solver, nfe, schedule, solver_opts=solver_opts)
-    return edm / (1 + samplers.schedules.SIGMA_MIN)
+    return edm / (1 + SIGMA_MIN)
 
 
 def amed_options(run: Path, solver: str, nfe: int | None, schedule: str | None, predictor: Path) -> tuple:
@@ -78,7 +78,7 @@ def gan_sampler(folder: Path, device: torch.device, seed: int, refine_steps: int
     """indices -> generator samples G(z_i), refined along the critic's field when refine_steps > 0."""
     generator, critic, settings = load_gan(folder / "model")
     generator, critic = generator.to(device), critic.to(device)
-    field = GradientField(lambda x: settings.potential(critic(x)))
+    field = potential_field(critic, settings)
     latent = (generator.config["latent_dim"],)
 
     def draw(indices: list[int]) -> Tensor:

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import samplers
-from genkit.checkpoint import write_json
+from genkit.checkpoint import training_seconds, write_json
 from genkit.config import load_config
 from genkit.digits import digit_classifier, digit_features, digit_images
 from genkit.errors import GenkitError
@@ -53,12 +53,12 @@ from genkit.train import flow
 from genkit.train.amed import AmedRunConfig, AmedSettings, load_predictor, sigma_max_noise
 from genkit.train.amed import train as distil_predictor
 from genkit.train.loop import TrainConfig
+from samplers.schedules import SIGMA_MAX, SIGMA_MIN
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = REPO / "runs" / "bench_amed"
 MIXTURE_CONFIG = REPO / "configs" / "amed" / "gmm64.yaml"
 FLOW_CONFIG = REPO / "configs" / "flow" / "rf_mnist5k.yaml"
-SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 NFES = tuple(range(3, 11))
 BASELINE_SCHEDULES = {
     "euler": "karras",
@@ -138,7 +138,7 @@ def distil(
     try:
         predictor, _ = load_predictor(run / "model", loaded.field_id, settings)
         if yaml.safe_load((run / "config.yaml").read_text())["num_samples"] == draws:
-            return predictor, distillation_seconds(run)
+            return predictor, training_seconds(run, run / "model")
     except (GenkitError, FileNotFoundError):
         pass
     shutil.rmtree(run, ignore_errors=True)
@@ -162,12 +162,7 @@ def distil(
     )
     distil_predictor(config)
     predictor, _ = load_predictor(run / "model", loaded.field_id, settings)
-    return predictor, distillation_seconds(run)
-
-
-def distillation_seconds(run: Path) -> float:
-    """Wall time of a training run: from its config.yaml (written when the loop starts) to its exported model."""
-    return (run / "model" / "config.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
+    return predictor, training_seconds(run, run / "model")
 
 
 def reference_solution(loaded: LoadedField, noise: Tensor, tolerance: float, cache: Path) -> Tensor:
@@ -359,7 +354,7 @@ def main() -> None:
             score,
             args.features,
         )
-        results["digits"]["flow_seconds"] = distillation_seconds(run)
+        results["digits"]["flow_seconds"] = training_seconds(run, run / "model")
         write_json(output, results)
     for field in ("mixture", "digits"):
         if field in results:

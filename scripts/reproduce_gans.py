@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from genkit.checkpoint import write_json
+from genkit.checkpoint import training_seconds, write_json
 from genkit.config import config_dict, load_config
 from genkit.data import build_dataset, validation_samples
 from genkit.digits import digit_classifier, digit_features, digit_images
@@ -35,7 +35,6 @@ from genkit.generate import refine
 from genkit.metrics import energy_distance, frechet_distance, mode_coverage, sliced_wasserstein
 from genkit.toys import EIGHT_GAUSSIAN_CENTRES, EIGHT_GAUSSIAN_STD
 from genkit.train import gan
-from genkit.velocity import GradientField
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "gan"
@@ -79,7 +78,7 @@ def toy_scores(samples: torch.Tensor, reference: torch.Tensor, data: str) -> dic
 def evaluate_cell(run: Path, noise: torch.Tensor, score, sizes: tuple[float, ...]) -> dict:
     """Scores of the generator's samples, and after REFINE_STEPS Euler steps along the critic at each size."""
     generator, critic, settings = gan.load_gan(run / "model")
-    field = GradientField(lambda x: settings.potential(critic(x)))
+    field = gan.potential_field(critic, settings)
     with torch.no_grad():
         samples = generator(noise)
     result = {"samples": score(samples)}
@@ -101,8 +100,7 @@ def train_cell(method: str, data: str, root: Path, quick: bool) -> tuple[Path, f
     if not (finished and yaml.safe_load(saved.read_text()) == config_dict(config.resolved())):
         shutil.rmtree(run, ignore_errors=True)
         gan.train(config)
-    seconds = (run / "model" / "generator" / "config.json").stat().st_mtime - saved.stat().st_mtime
-    return run, seconds, config
+    return run, training_seconds(run, run / "model" / "generator"), config
 
 
 def untrained_scores(config, noise: torch.Tensor, score) -> dict:

@@ -292,10 +292,15 @@ def load_gan(folder: Path) -> tuple[nn.Module, nn.Module, GanConfig]:
     return networks[0], networks[1], GanConfig(**gan)
 
 
-def critic_field(run: Path) -> GradientField:
-    """The critic of a GAN run as a field on sample space: grad_x h(d(x)) (MonoFlow) or grad_x D(x) (WGAN)."""
-    _, critic, gan = load_gan(run / "model")
+def potential_field(critic: nn.Module, gan: GanConfig) -> GradientField:
+    """A critic as a field on sample space: grad_x h(d(x)) (MonoFlow) or grad_x D(x) (WGAN)."""
     return GradientField(lambda x: gan.potential(critic(x)))
+
+
+def critic_field(run: Path) -> GradientField:
+    """The critic of a GAN run as a field on sample space (`potential_field` of its saved critic)."""
+    _, critic, gan = load_gan(run / "model")
+    return potential_field(critic, gan)
 
 
 def train(config: GanRunConfig) -> dict[str, float]:
