@@ -23,11 +23,15 @@ def psnr(images: Tensor, reference: Tensor, data_range: float = 2.0) -> float:
 
 
 def ssim(images: Tensor, reference: Tensor) -> float:
-    """Mean over images of scikit-image's SSIM (Gaussian-weighted, as Wang et al. 2004) for images in [-1, 1]."""
+    """Mean over images of Wang et al. (2004)'s SSIM for images in [-1, 1].
+
+    An 11x11 Gaussian window of sigma 1.5, population (co)variances, K1 = 0.01 and K2 = 0.03; averaged over channels
+    and over the window positions that lie inside the image.
+    """
     pairs = zip(images.detach().double().cpu().numpy(), reference.detach().double().cpu().numpy(), strict=True)
-    scores = [
-        structural_similarity(a, b, data_range=2.0, channel_axis=0, gaussian_weights=True, sigma=1.5) for a, b in pairs
-    ]
+    # scikit-image's defaults (7x7 uniform window, sample covariance) are not the published SSIM; these settings are.
+    options = {"data_range": 2.0, "channel_axis": 0, "gaussian_weights": True, "sigma": 1.5}
+    scores = [structural_similarity(a, b, use_sample_covariance=False, **options) for a, b in pairs]
     return float(np.mean(scores))
 
 

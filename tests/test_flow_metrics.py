@@ -190,3 +190,29 @@ def test_ssim_is_one_on_identical_images_and_falls_with_noise():
     assert ssim(smooth, smooth) == pytest.approx(1.0)
     scores = [ssim((smooth + scale * noise).clamp(-1, 1), smooth) for scale in (0.05, 0.2, 0.8)]
     assert 1 > scores[0] > scores[1] > scores[2] > -1
+
+
+def wang_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
+    """SSIM of two single-channel images as Wang et al. (2004) define it, window by window."""
+    taps = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+    window = np.outer(taps, taps) / np.outer(taps, taps).sum()  # MATLAB's fspecial('gaussian', 11, 1.5)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    scores = []
+    for top in range(a.shape[0] - 10):
+        for left in range(a.shape[1] - 10):
+            x, y = a[top : top + 11, left : left + 11], b[top : top + 11, left : left + 11]
+            mean_x, mean_y = (window * x).sum(), (window * y).sum()
+            var_x, var_y = (window * (x - mean_x) ** 2).sum(), (window * (y - mean_y) ** 2).sum()
+            covariance = (window * (x - mean_x) * (y - mean_y)).sum()
+            numerator = (2 * mean_x * mean_y + c1) * (2 * covariance + c2)
+            scores.append(numerator / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)))
+    return float(np.mean(scores))
+
+
+def test_ssim_is_wangs_gaussian_window_ssim():
+    images = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    reference = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+    pairs = zip(images.flatten(0, 1).numpy(), reference.flatten(0, 1).numpy(), strict=True)
+    expected = np.mean([wang_ssim(x, y) for x, y in pairs])
+    # Both are float64 sums of a few hundred terms: they agree to ~1e-15.
+    assert ssim(images, reference) == pytest.approx(expected, rel=1e-10)
