@@ -44,3 +44,12 @@ def test_gan_reproduction_quick_run_fills_every_row():
         assert all("refined_0.02" in rows[m] for m in rows if m not in ("floor", "init"))
     assert result["toys"]["8gaussians"]["floor"]["modes"] == 8
     assert {"floor", "init", "monoflow_non_saturating", "wgan_gp", "wgan_reflow"} == result["mnist5k"].keys()
+
+
+@pytest.mark.slow
+def test_the_gpu_check_passes_on_the_cpu():
+    """`make gpu-check`'s checks, run on the CPU with gloo: they stay runnable where no GPU is."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu"], check=True, cwd=ROOT)
+    result = json.loads((ROOT / "runs" / "gpu_check.json").read_text())
+    assert result["device"] == "cpu" and len(result["checks"]) == 7
+    assert all(check["passed"] for check in result["checks"]), result["checks"]
