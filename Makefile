@@ -13,6 +13,7 @@ export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb
 export WANDB_DATA_DIR := $(CURDIR)/.cache/wandb-data
 export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb-config
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export GENKIT_CACHE := $(CURDIR)/.cache/genkit
 
 .PHONY: demo test test-slow lint gpu-check
 

@@ -9,7 +9,7 @@ import torch
 import samplers
 from genkit import __version__
 from genkit import compare as comparison
-from genkit.config import load_config
+from genkit.config import Range, load_config
 from genkit.errors import GenkitError
 from genkit.generate import sample_run
 from genkit.processes import process_state
@@ -81,10 +81,22 @@ def sample(args: argparse.Namespace) -> None:
         print(f"{len(samples)} samples on {state.num_processes} process(es): {stem}.safetensors, {stem}.png")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: `genkit <command>: error: <what>` (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+POSITIVE = Range(minimum=1).argument(int)
+COUNT = Range(minimum=0).argument(int)
+STEP_SIZE = Range(above=0).argument(float)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genkit", description=__doc__)
+    parser = Parser(prog="genkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genkit {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands.add_parser("solvers", help="list the ODE solvers and schedules").set_defaults(handler=list_solvers)
     train_parser = commands.add_parser("train", help="train from a YAML config: genkit train CONFIG [key=value ...]")
     train_parser.add_argument("config", help="a YAML config naming its task, e.g. configs/tokenizer/fsq.yaml")
@@ -96,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.set_defaults(handler=compare)
     eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
-    eval_parser.add_argument("--images", type=int, default=None, help="validation images (default: the run's)")
+    eval_parser.add_argument("--images", type=POSITIVE, default=None, help="validation images (default: the run's)")
     eval_parser.set_defaults(handler=eval_tokenizer)
     sample_parser = commands.add_parser(
         "sample", help="sample a trained flow or GAN: genkit sample RUN --solver euler --nfe 4"
@@ -104,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("run_dir", metavar="RUN", help="a flow, reflow or GAN run folder")
     sample_parser.add_argument("--solver", default=None, choices=list(samplers.SOLVERS), help="default euler")
     sample_parser.add_argument(
-        "--nfe", type=int, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
+        "--nfe", type=POSITIVE, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
     )
     sample_parser.add_argument(
         "--schedule",
@@ -116,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
     )
     sample_parser.add_argument(
-        "--refine-steps", type=int, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
+        "--refine-steps", type=COUNT, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
     )
-    sample_parser.add_argument("--refine-step-size", type=float, default=0.01, help="GAN runs: the Euler step")
-    sample_parser.add_argument("--num", type=int, default=64, help="how many samples")
-    sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.add_argument("--refine-step-size", type=STEP_SIZE, default=0.01, help="GAN runs: the Euler step")
+    sample_parser.add_argument("--num", type=POSITIVE, default=64, help="how many samples")
+    sample_parser.add_argument("--seed", type=COUNT, default=0)
     sample_parser.set_defaults(handler=sample)
     return parser
 

@@ -24,7 +24,7 @@ from accelerate.utils import reduce
 from torch import Tensor
 
 import samplers
-from genkit.config import check_choice, config_dict, flat_config, load_config, register_task
+from genkit.config import check_choice, config_dict, flat_config, load_config, ranged, register_task
 from genkit.data import DataConfig, build_dataset, validation_samples
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, Extractor, load_extractor
@@ -60,18 +60,18 @@ class CompareConfig:
     subject: str = "samplers"
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     solvers: list[str] = dataclasses.field(default_factory=lambda: ["euler", "heun", "dpmpp_2m"])
-    nfe: list[int] = dataclasses.field(default_factory=lambda: [4, 8])
+    nfe: list[int] = ranged(lambda: [4, 8], minimum=1)
     schedules: list[str] = dataclasses.field(default_factory=lambda: ["karras"])
     predictors: list[str] = dataclasses.field(default_factory=list)
     runs: list[str] = dataclasses.field(default_factory=list)
-    num_samples: int = 256
-    seed: int = 0
+    num_samples: int = ranged(256, minimum=2)
+    seed: int = ranged(0, minimum=0)
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rmse"])
-    reference_tolerance: float = 1e-7
+    reference_tolerance: float = ranged(1e-7, above=0)
     extractor: str = "digits"
     extractor_path: str | None = None
     reference_data: DataConfig | None = None
-    grid_samples: int = 16
+    grid_samples: int = ranged(16, minimum=1)
     tracker: str = "wandb"
 
     def __post_init__(self):
@@ -84,8 +84,6 @@ class CompareConfig:
             check_choice("schedules", schedule, tuple(samplers.SCHEDULES))
         for metric in self.metrics:
             check_choice("metrics", metric, METRICS)
-        if self.num_samples < 2 or any(n < 1 for n in self.nfe):
-            raise GenkitError("num_samples must be at least 2 and every nfe at least 1")
         if self.subject != "samplers" and not self.runs:
             raise GenkitError(f"subject {self.subject} compares runs: list their folders under runs: [...]")
 

@@ -1,14 +1,17 @@
 """Typed configs: a YAML file naming its `task`, merged onto that task's dataclass, then `key=value` overrides.
 
-Unknown keys, values of the wrong type and invalid choices fail at load time with the key's name.
+Unknown keys, values of the wrong type, invalid choices and numbers outside their declared range fail at load time
+with the key's name, before anything is built. Every numeric field declares its range with `ranged`.
 """
 
+import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from genkit.errors import GenkitError
@@ -25,6 +28,75 @@ def register_task(name: str):
         return cls
 
     return register
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Valid numbers: `minimum`/`maximum` inclusive, `above`/`below` exclusive bounds; none set means any number."""
+
+    minimum: float | None = None
+    above: float | None = None
+    maximum: float | None = None
+    below: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.above is not None and value <= self.above)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def __str__(self) -> str:
+        bounds = [
+            f"{word} {bound:g}"
+            for word, bound in (
+                ("at least", self.minimum),
+                ("above", self.above),
+                ("at most", self.maximum),
+                ("below", self.below),
+            )
+            if bound is not None
+        ]
+        return " and ".join(bounds) or "any number"
+
+    def check(self, key: str, value: Any) -> None:
+        """GenkitError naming `key` unless the number (or every number of a list) is in range."""
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not all(item is None or self.holds(item) for item in values):
+            what = "every entry" if isinstance(value, list | tuple) else "it"
+            raise GenkitError(f"config key {key}={value} is out of range: {what} must be {self}")
+
+    def argument(self, kind: Callable[[str], float]) -> Callable[[str], float]:
+        """An argparse type: text parsed by `kind`, refused unless in range."""
+
+        def parse(text: str) -> float:
+            value = kind(text)
+            if not self.holds(value):
+                raise argparse.ArgumentTypeError(f"must be {self}, got {text}")
+            return value
+
+        parse.__name__ = kind.__name__
+        return parse
+
+
+def ranged(default: Any, minimum=None, above=None, maximum=None, below=None) -> Any:
+    """A dataclass field whose numbers lie in Range(minimum, above, maximum, below); a callable default is a factory."""
+    metadata = {"range": Range(minimum, above, maximum, below)}
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_ranges(node: DictConfig, prefix: str = "") -> None:
+    """Every `ranged` field of a structured config, nested ones included, within its range (None is unset)."""
+    for field in dataclasses.fields(OmegaConf.get_type(node)):
+        value = node[field.name]
+        key = f"{prefix}{field.name}"
+        if isinstance(value, DictConfig):
+            check_ranges(value, f"{key}.")
+        elif "range" in field.metadata and value is not None:
+            field.metadata["range"].check(key, list(value) if isinstance(value, ListConfig) else value)
 
 
 def check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -75,6 +147,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
             merged = OmegaConf.merge(merged, layer())
         except OmegaConfBaseException as error:
             raise _explain(error, source) from None
+    check_ranges(merged)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:

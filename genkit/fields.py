@@ -7,14 +7,14 @@ so that what was distilled for one model is refused for another.
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
-from genkit.config import check_choice, load_config
+from genkit.config import check_choice, load_config, ranged
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.gaussian_mixture import GaussianMixtureField
@@ -40,9 +40,9 @@ class FieldConfig:
     """`kind` mixture (components, shape, seed, diagonal), flow_run (path: a run folder) or diffusers (path)."""
 
     kind: str = "mixture"
-    components: int = 8
-    shape: list[int] = field(default_factory=lambda: [64])
-    seed: int = 0
+    components: int = ranged(8, minimum=1)
+    shape: list[int] = ranged(lambda: [64], minimum=1)
+    seed: int = ranged(0, minimum=0)
     diagonal: bool = True
     path: str = ""
 
@@ -51,8 +51,8 @@ class FieldConfig:
         if self.kind != "mixture" and not self.path:
             raise GenkitError(f"field.kind={self.kind} needs field.path, the folder of the model")
 
-    def load(self, device: torch.device | str = "cpu") -> LoadedField:
-        """The field on `device`, its networks frozen in eval mode."""
+    def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
+        """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given)."""
         if self.kind == "mixture":
             mixture = GaussianMixtureField.random(self.components, tuple(self.shape), self.seed, self.diagonal)
             field_id = (
@@ -61,8 +61,8 @@ class FieldConfig:
             )
             return LoadedField(mixture.edm, tuple(self.shape), torch.float64, field_id)
         if self.kind == "flow_run":
-            return load_flow_run(Path(self.path), device)
-        return load_diffusers(Path(self.path), device)
+            return load_flow_run(Path(self.path), device, dtype)
+        return load_diffusers(Path(self.path), device, dtype)
 
 
 def weights_digest(*paths: Path) -> str:
@@ -83,17 +83,17 @@ def model_folder(run: Path) -> Path:
     return stages[-1]
 
 
-def frozen(network: nn.Module, device: torch.device | str) -> nn.Module:
-    """The network on `device` in eval mode with gradients off for its parameters (not for its inputs)."""
-    return network.to(device).eval().requires_grad_(False)
+def frozen(network: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
+    """The network on `device` (in `dtype`) in eval mode with gradients off for its parameters, not its inputs."""
+    return network.to(device, dtype).eval().requires_grad_(False)
 
 
-def load_flow_run(run: Path, device: torch.device | str = "cpu") -> LoadedField:
+def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
     """A genkit flow (or last ReFlow stage) model in EDM form: sigma = (1 - t) / t, x~ = x_t / t."""
     folder = model_folder(run)
-    model = frozen(load_velocity_model(folder / "model"), device)
+    model = frozen(load_velocity_model(folder / "model"), device, dtype)
     shape = data_shape(load_config(folder / "config.yaml").data)
-    return LoadedField(RectifiedAsEDM(model), shape, torch.float32, flow_run_id(folder))
+    return LoadedField(RectifiedAsEDM(model), shape, dtype or torch.float32, flow_run_id(folder))
 
 
 def flow_run_id(folder: Path) -> str:
@@ -101,7 +101,7 @@ def flow_run_id(folder: Path) -> str:
     return f"flow_run(sha256={weights_digest(*sorted((folder / 'model').glob('*.safetensors')))})"
 
 
-def load_diffusers(folder: Path, device: torch.device | str = "cpu") -> LoadedField:
+def load_diffusers(folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
     """A diffusers UNet2DModel and its scheduler's noise table from a local folder (unet/, scheduler/)."""
     unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
     if not unet_dir.is_dir() or not scheduler_dir.is_dir():
@@ -109,10 +109,10 @@ def load_diffusers(folder: Path, device: torch.device | str = "cpu") -> LoadedFi
             f"{folder} is not a local diffusers model folder with unet/ and scheduler/ (as DDPMPipeline."
             "save_pretrained writes); genkit does not download models, save or download one there first"
         )
-    unet = frozen(UNet2DModel.from_pretrained(unet_dir), device)
+    unet = frozen(UNet2DModel.from_pretrained(unet_dir), device, dtype)
     scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
     size = unet.config.sample_size
     shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
     files = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin")) + [scheduler_dir / SCHEDULER_FILE]
     field_id = f"diffusers(sha256={weights_digest(*files)})"
-    return LoadedField(DiffusersField(unet, scheduler), shape, torch.float32, field_id)
+    return LoadedField(DiffusersField(unet, scheduler), shape, dtype or torch.float32, field_id)

@@ -106,11 +106,13 @@ def sample_run(
     others default to Euler at NFE 4 on the rectified `uniform` schedule. GAN runs: the generator, optionally
     refined by `refine_steps` Euler steps along its critic's field.
     """
+    if num < 1:
+        raise GenkitError(f"the number of samples must be at least 1, got {num}")
     state = process_state()
     folder = model_folder(run)
     config = load_config(folder / "config.yaml")
     if config.task == "gan":
-        if solver or nfe or schedule or predictor:
+        if (solver, nfe, schedule, predictor) != (None, None, None, None):
             raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
         draw = gan_sampler(folder, state.device, seed, refine_steps, refine_step_size)
         name = f"gan_refine{refine_steps}x{refine_step_size:g}"
@@ -145,7 +147,7 @@ def flow_sampler(
     if solver in samplers.BASELINES:
         if predictor is not None:
             raise GenkitError(f"--predictor is for the AMED solvers (amed, amed_plugin), not {solver}")
-        nfe, schedule = nfe or 4, schedule or "uniform"
+        nfe, schedule = 4 if nfe is None else nfe, schedule or "uniform"
     elif predictor is None:
         raise GenkitError(f"--solver {solver} needs --predictor PATH, a predictor distilled for this run")
     else:

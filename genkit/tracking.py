@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from genkit.checkpoint import write_json
+from genkit.checkpoint import write_json, write_text
 
 TRACKERS = ("wandb", "tensorboard", "none")
 PROJECT = "genkit"
@@ -28,45 +28,63 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 
 class RunLog:
-    """Metrics and images of one run, to accelerate's trackers and to the run folder (main process only on disk)."""
+    """Metrics and images of one run, to accelerate's trackers and to the run folder (main process only on disk).
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, tracker: str, config: dict, resume_step: int = 0):
+    Each step is logged once. W&B keeps only increasing steps, so a resumed run, which replays the steps between
+    its checkpoint and the last one logged, logs none of them again: W&B and metrics.jsonl keep the values first
+    logged (the same values when training is deterministic) and both continue after them. A fresh run in the folder
+    starts a new W&B run and a new metrics.jsonl.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, tracker: str, config: dict, resumed: bool = False):
         self.accelerator, self.run_dir, self.tracker = accelerator, run_dir, tracker
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.logged_through = 0
         if not accelerator.is_main_process:
             return
-        self._drop_records_after(resume_step)
+        id_path = run_dir / "wandb_id.txt"
+        if resumed:
+            self.logged_through = self._complete_records()
+        else:
+            self.metrics_path.unlink(missing_ok=True)
+            id_path.unlink(missing_ok=True)
         if tracker == "none":
             return
         # One W&B run per run folder: a resumed training run appends to the run it started.
-        id_path = run_dir / "wandb_id.txt"
         if not id_path.exists():
-            id_path.write_text(uuid.uuid4().hex[:12])
+            write_text(id_path, uuid.uuid4().hex[:12])
         init_kwargs = {
             "wandb": {"name": run_dir.name, "dir": str(run_dir), "id": id_path.read_text(), "resume": "allow"}
         }
         accelerator.init_trackers(PROJECT, config=config, init_kwargs=init_kwargs)
 
-    def _drop_records_after(self, step: int) -> None:
-        """A resumed run redoes the steps after its checkpoint: forget what the killed run logged for them."""
+    def _complete_records(self) -> int:
+        """The last step metrics.jsonl holds, after dropping a line a killed write left incomplete."""
         if not self.metrics_path.exists():
-            return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+            return 0
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
+        return max((record["step"] for record in records), default=0)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Numbers at a step, to every tracker and to metrics.jsonl."""
+        """Numbers at a step, to every tracker and to metrics.jsonl (not again for a step already logged)."""
+        if step <= self.logged_through:
+            return
         self.accelerator.log(metrics, step=step)
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps({"step": step, **metrics}) + "\n")
 
-    def log_images(self, name: str, images: torch.Tensor, step: int) -> Path | None:
-        """A grid of images in [-1, 1] to the trackers and to grids/<name>_<step>.png; returns the PNG path."""
-        if not self.accelerator.is_main_process:
+    def log_images(self, name: str, images: torch.Tensor, step: int, nrow: int = 8) -> Path | None:
+        """A grid of images in [-1, 1], `nrow` a row, to the trackers and to grids/<name>_<step>.png; the PNG path."""
+        if not self.accelerator.is_main_process or step <= self.logged_through:
             return None
-        grid = image_grid(images)
+        grid = image_grid(images, nrow)
         path = self.run_dir / "grids" / f"{name}_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid.float() / 255, path)

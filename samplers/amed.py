@@ -72,10 +72,10 @@ class AMEDPredictor(nn.Module):
         self.fc_scale_time = nn.Linear(20, 1) if scale_time > 0 else None
 
     def forward(self, features: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch = features.shape[0]
+        batch, dtype = features.shape[0], self.fc_r.weight.dtype
         times = torch.stack([t, t_next]).reshape(2).to(features.device)
-        embedded = self.time_layer(time_embedding(times)).reshape(1, 16).expand(batch, 16)
-        hidden = torch.cat([self.encoder(features.float()), embedded], dim=1)
+        embedded = self.time_layer(time_embedding(times).to(dtype)).reshape(1, 16).expand(batch, 16)
+        hidden = torch.cat([self.encoder(features.to(dtype)), embedded], dim=1)
         r = torch.sigmoid(self.fc_r(hidden)).squeeze(1)
         ones = torch.ones_like(r)
         c = ones if self.fc_scale_dir is None else self._bounded(self.fc_scale_dir(hidden), self.scale_dir)

@@ -1,14 +1,10 @@
 """AMED on network fields: a genkit flow run and a diffusers UNet, bottleneck features, `genkit sample --predictor`."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 from diffusers import DDPMScheduler, UNet2DModel
+from launching import genkit
 from safetensors.torch import load_file
 
 from genkit.config import load_config
@@ -44,12 +40,6 @@ DISTIL = {
     },
     "train": {"steps": 3, "batch_size": 16, "tracker": "none", "log_every": 1, "eval_every": 3, "ema_decay": 0.0},
 }
-
-
-def genkit(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HOME": str(folder / "hf"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "genkit", *args]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from genkit import __version__
 from genkit.cli import main
 
@@ -13,6 +15,16 @@ def test_solvers_lists_every_solver_with_its_cost(capsys):
     assert lines[-1] == "schedules: karras, logsnr, time_uniform, uniform"
 
 
-def test_python_dash_m_genkit_runs():
-    result = subprocess.run([sys.executable, "-m", "genkit", "--version"], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == f"genkit {__version__}"
+def test_the_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"genkit {__version__}"
+
+
+def test_python_dash_m_genkit_runs_and_a_user_error_is_one_line(tmp_path):
+    """The real process (the other tests call the CLI's main in-process): its exit code and its only line."""
+    result = subprocess.run([sys.executable, "-m", "genkit", "train", "nope.yaml"], cwd=tmp_path, capture_output=True)
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        "genkit: error: config file nope.yaml does not exist; pass the path of a YAML file such as configs/..."
+    ]

@@ -1,15 +1,13 @@
 """`genkit compare` on an analytic field: the table's rows and values, plots, grids, W&B files; mistakes fail early."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from launching import LAUNCH, RANKS, genkit_on_ranks
+from launching import genkit, genkit_on_two_ranks, launch_on_two_ranks
 
 from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.generate import initial_noise
@@ -34,9 +32,7 @@ CONFIG = {
 
 def compare(folder: Path, config: dict, *overrides: str) -> subprocess.CompletedProcess:
     (folder / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(folder / "runs")}))
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "WANDB_DIR": str(folder)}
-    command = [sys.executable, "-m", "genkit", "compare", "compare.yaml", *overrides]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    return genkit(folder, "compare", "compare.yaml", *overrides)
 
 
 def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_path):
@@ -84,16 +80,17 @@ def test_mistakes_fail_at_start_with_one_line(tmp_path, overrides, expected):
 
 
 def test_feature_statistics_gathered_over_two_ranks_equal_one_pass(tmp_path):
-    command = [*LAUNCH, *RANKS["two"], str(HERE / "statistics_worker.py"), str(tmp_path / "stats.json")]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_on_two_ranks(tmp_path, str(HERE / "statistics_worker.py"), str(tmp_path / "stats.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     gathered = json.loads((tmp_path / "stats.json").read_text())
     features = torch.randn(37, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
     whole = FeatureStatistics.of(features)
     assert gathered["count"] == 37
-    torch.testing.assert_close(torch.tensor(gathered["total"], dtype=torch.float64), whole.total, rtol=1e-12, atol=0)
-    torch.testing.assert_close(torch.tensor(gathered["outer"], dtype=torch.float64), whole.outer, rtol=1e-12, atol=0)
+    # Two summation orders of n float64 terms differ by at most 2 (n - 1) eps times the sum of the terms' magnitudes.
+    bound = 2 * 36 * torch.finfo(torch.float64).eps
+    total, outer = (torch.tensor(gathered[key], dtype=torch.float64) for key in ("total", "outer"))
+    assert ((total - whole.total).abs() <= bound * features.abs().sum(0)).all()
+    assert ((outer - whole.outer).abs() <= bound * features.abs().T @ features.abs()).all()
 
 
 TOKENIZER = {
@@ -177,8 +174,8 @@ def test_an_amed_predictor_is_one_more_cell_at_its_own_nfe_and_two_ranks_agree_w
     config = {**CONFIG, "solvers": ["euler"], "nfe": [5], "predictors": [str(tmp_path / "runs" / "amed" / "model")]}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
     tables = {}
-    for name in ("one", "two"):
-        result = genkit_on_ranks(tmp_path, name, "compare", "compare.yaml", f"name={name}", "tracker=none")
+    for name, run in (("one", genkit), ("two", genkit_on_two_ranks)):
+        result = run(tmp_path, "compare", "compare.yaml", f"name={name}", "tracker=none")
         assert result.returncode == 0, result.stderr[-3000:]
         tables[name] = json.loads((tmp_path / "runs" / name / "comparison.json").read_text())
     columns = tables["one"]["columns"]
@@ -189,5 +186,7 @@ def test_an_amed_predictor_is_one_more_cell_at_its_own_nfe_and_two_ranks_agree_w
     ]
     assert rows["one"][1]["nfe_counted"] == 5
     for one, two in zip(rows["one"], rows["two"], strict=True):
-        # Each rank solves the reference for its own shard: adaptive steps differ within the 1e-9 tolerance.
-        assert two["rmse"] == pytest.approx(one["rmse"], rel=1e-6)
+        # Each rank solves the reference for its own shard (adaptive steps differ within the 1e-9 tolerance), and
+        # the float32 predictor's r changes with the batch size of its matrix products by up to 64 x 6e-8 ~ 4e-6 of
+        # itself; a wrong noise split or reduction would change the RMSE by O(1).
+        assert two["rmse"] == pytest.approx(one["rmse"], rel=1e-4)

@@ -21,6 +21,8 @@ from genkit.data import (
 from genkit.errors import GenkitError
 from genkit.toys import TOYS
 
+pytestmark = pytest.mark.usefixtures("genkit_cache")
+
 
 def stacked(dataset):
     return torch.stack([dataset[index] for index in range(len(dataset))])

@@ -1,14 +1,11 @@
 """Rectified flow and ReFlow end to end on the 2-D mixture whose exact velocity is known."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from launching import genkit, genkit_on_two_ranks
 from safetensors.torch import load_file
 
 from genkit.generate import solve
@@ -40,16 +37,6 @@ REFLOW = {
         "tracker": "none",
     },
 }
-TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-TWO_RANKS += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-
-
-def genkit(folder: Path, *args: str, launch: list[str] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HOME": str(folder / "hf"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    if launch:
-        env["ACCELERATE_USE_CPU"] = "1"
-    command = [sys.executable, *launch, "-m", "genkit", *args]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +117,14 @@ def test_sampling_gives_the_same_samples_on_one_or_two_processes(reflow_run):
     path = folder / "runs" / "toy" / "distill" / "samples" / "heun_nfe4_uniform_seed3.safetensors"
     single = load_file(path)["samples"]
     path.unlink()
-    two = genkit(folder, *args, launch=TWO_RANKS)
+    two = genkit_on_two_ranks(folder, *args)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "on 2 process(es)" in two.stdout and "on 1 process(es)" in one.stdout
     assert single.shape == (37, 2)
-    torch.testing.assert_close(load_file(path)["samples"], single, rtol=0, atol=1e-6)
+    # Per sample the same float32 operations, but in GEMMs of another batch size, whose blocking changes the
+    # round-off of each 320-term dot product (up to 320 x 6e-8 = 2e-5 of its magnitude, ~1 here); a wrong noise
+    # index or sample order moves samples by ~1.
+    torch.testing.assert_close(load_file(path)["samples"], single, rtol=0, atol=1e-4)
     assert path.with_suffix(".png").stat().st_size > 0
 
 

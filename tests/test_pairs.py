@@ -1,16 +1,14 @@
 """ReFlow pairs: accurate ODE couplings, shard layout, determinism across process counts, resume, corrupt shards."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from launching import launch_on_two_ranks
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -24,8 +22,6 @@ MIXTURE = GaussianMixtureField.random(3, (2,), seed=0)
 SETTINGS = {"num_pairs": 50, "shard_size": 16, "seed": 3}
 BATCH_SIZE = 8
 SHARDS = [f"pairs_{index:05d}.safetensors" for index in range(4)]
-TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-TWO_RANKS += ["--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +110,9 @@ def test_regenerating_into_another_folder_gives_identical_pairs(clean, accelerat
 
 
 def test_two_processes_write_exactly_the_pairs_of_one(clean, tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp_path / "hf")}
     worker = Path(__file__).with_name("pairs_worker.py")
     arguments = [str(SETTINGS[key]) for key in ("num_pairs", "shard_size", "seed")] + [str(BATCH_SIZE)]
-    command = [sys.executable, *TWO_RANKS, str(worker), str(tmp_path / "two"), *arguments]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    result = launch_on_two_ranks(tmp_path, str(worker), str(tmp_path / "two"), *arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_pairs(clean, tmp_path / "two")
     assert (tmp_path / "two" / "pairs.json").read_text() == (clean / "pairs.json").read_text()

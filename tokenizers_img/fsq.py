@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenizers_img.layout import channels_last, like_input, require_channels
+from tokenizers_img.precision import at_least_float32
 from tokenizers_img.usage import CodebookUsage, codebook_usage
 
 # Paper Table 1 (ALGORITHMS 2.2): target codebook size -> levels.
@@ -119,7 +120,7 @@ class FSQ(nn.Module):
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """Mixed-radix index sum_i k_i basis_i of codes (..., len(levels)), k_i = code_i h_i + h_i."""
-        digits = (codes.float() * self.half_width + self.half_width).round().long()
+        digits = (at_least_float32(codes) * self.half_width + self.half_width).round().long()
         return (digits * self.basis).sum(-1)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -147,7 +148,7 @@ class FSQ(nn.Module):
         z = z.unflatten(-1, (self.num_codebooks, len(self.levels)))
         # Rounding in bf16/fp16 can land in the wrong bin (ALGORITHMS 2.5): quantize in fp32 whatever autocast says.
         with torch.autocast(device_type=z.device.type, enabled=False):
-            codes = self.quantize(z.float())
+            codes = self.quantize(at_least_float32(z))
             indices = self.codes_to_indices(codes)
         quantized = codes.flatten(-2)
         if self.project_out is not None:

@@ -5,6 +5,7 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import Tensor, nn
 
 from tokenizers_img.fsq import FSQ
+from tokenizers_img.precision import at_least_float32
 from tokenizers_img.vq import VectorQuantizer
 
 QUANTIZERS = {"fsq": FSQ, "vq": VectorQuantizer}
@@ -94,6 +95,6 @@ class Tokenizer(nn.Module):
         """(reconstruction, losses): `reconstruction` (L1 or L2), `quantizer` (aux), `total` (their sum)."""
         quantized, _, aux_loss = self.quantizer(self.encoder(images))
         reconstruction = self.decoder(quantized)
-        reconstruction_loss = self.reconstruction_loss(reconstruction.float(), images.float())
+        reconstruction_loss = self.reconstruction_loss(at_least_float32(reconstruction), at_least_float32(images))
         losses = {"reconstruction": reconstruction_loss, "quantizer": aux_loss, "total": reconstruction_loss + aux_loss}
         return reconstruction, losses

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenizers_img.layout import channels_last, like_input, require_channels
+from tokenizers_img.precision import at_least_float32
 from tokenizers_img.usage import CodebookUsage, codebook_usage
 
 
@@ -90,8 +91,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def codes(self) -> Tensor:
-        """The codebook as used for lookup, [K, dim] float32: l2-normalised rows when cosine."""
-        codebook = self.codebook.float()
+        """The codebook as used for lookup, [K, dim] in at least float32: l2-normalised rows when cosine."""
+        codebook = at_least_float32(self.codebook)
         return F.normalize(codebook, dim=-1) if self.cosine else codebook
 
     def indices_to_latents(self, indices: Tensor) -> Tensor:
@@ -128,7 +129,7 @@ class VectorQuantizer(nn.Module):
 
         n_k and s_k (count and sum of the encodings assigned to code k) are summed over all ranks first.
         """
-        stats = torch.bincount(indices, minlength=self.codebook_size).float()[:, None]
+        stats = torch.bincount(indices, minlength=self.codebook_size).to(self.cluster_size.dtype)[:, None]
         if self.ema:
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, z_e)
             stats = torch.cat([stats, sums], dim=1)
@@ -144,9 +145,10 @@ class VectorQuantizer(nn.Module):
         """(z_q = z_e + sg[e_k - z_e] in x's layout and dtype, indices k [x's shape without channels], aux_loss)."""
         require_channels(x, self.dim, "VectorQuantizer")
         z = channels_last(x)
-        # Distances and EMA sums in bf16/fp16 pick wrong codes and drift: all of it runs in fp32.
+        # Distances and EMA sums in bf16/fp16 pick wrong codes and drift: all of it runs in the codebook's precision,
+        # at least fp32.
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z_e = z.reshape(-1, self.dim).float()
+            z_e = z.reshape(-1, self.dim).to(torch.promote_types(self.codebook.dtype, torch.float32))
             if self.cosine:
                 z_e = F.normalize(z_e, dim=-1)
             update = self.training and self.tracks_usage

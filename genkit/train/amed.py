@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from genkit.checkpoint import load_weights, save_weights
-from genkit.config import check_choice, config_dict, register_task
+from genkit.config import check_choice, config_dict, ranged, register_task
 from genkit.errors import GenkitError
 from genkit.fields import FieldConfig, LoadedField
 from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
@@ -40,15 +40,15 @@ class AmedSettings:
 
     solver: str = "amed"
     base: str = "ipndm"
-    max_order: int = 4
-    num_steps: int = 4
+    max_order: int = ranged(4, minimum=1, maximum=4)
+    num_steps: int = ranged(4, minimum=2)
     schedule: str = "time_uniform"
     afs: bool = True
     features: str = "slope"
-    scale_dir: float = 0.01
-    scale_time: float = 0.0
+    scale_dir: float = ranged(0.01, minimum=0, below=1)
+    scale_time: float = ranged(0.0, minimum=0, below=1)
     teacher: str = "heun"
-    teacher_steps: int = 1
+    teacher_steps: int = ranged(1, minimum=0)
 
     def __post_init__(self):
         check_choice("amed.solver", self.solver, STUDENTS)
@@ -56,8 +56,6 @@ class AmedSettings:
         check_choice("amed.schedule", self.schedule, SCHEDULE_CHOICES)
         check_choice("amed.features", self.features, FEATURES)
         check_choice("amed.teacher", self.teacher, TEACHERS)
-        if self.num_steps < 2 or self.teacher_steps < 0:
-            raise GenkitError("amed.num_steps must be at least 2 and amed.teacher_steps at least 0")
 
     def timesteps(self, refinement: int = 0) -> Tensor:
         """The student schedule, or with `refinement` extra points inside every interval (same closed form)."""
@@ -99,7 +97,7 @@ class AmedRunConfig:
     task: str = "amed"
     name: str = "amed"
     output_dir: str = "runs"
-    num_samples: int = 10_000
+    num_samples: int = ranged(10_000, minimum=1)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     amed: AmedSettings = dataclasses.field(default_factory=AmedSettings)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=5e-3, betas=[0.9, 0.999]))
@@ -144,6 +142,10 @@ class AmedTrainer:
         noise = sigma_max_noise(VALIDATION_SAMPLES, loaded.shape, sigma_max, config.train.seed + 1, loaded.dtype)
         self.validation_noise = noise.to(device)
         self.validation_target, self.midpoint_rmse = None, None
+
+    def optimizer_steps(self, steps: int) -> dict[str, int]:
+        """One predictor update per student interval, N - 1 a loop step."""
+        return {"predictor": steps * (self.settings.num_steps - 1)}
 
     def train_step(self, batch: list[Tensor], loop: Loop) -> dict[str, Tensor]:
         (noise,) = batch
@@ -231,7 +233,7 @@ def load_predictor(
 def train(config: AmedRunConfig) -> dict[str, float]:
     """Distil a predictor as `config` says; its weights and settings end in runs/<name>/model."""
     loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
-    loaded = config.field.load(loop.device)
+    loaded = config.field.load(loop.device, loop.dtype)
     sigma_max = float(config.amed.timesteps()[0])
     noise = sigma_max_noise(config.num_samples, loaded.shape, sigma_max, config.train.seed, loaded.dtype)
     return loop.run(AmedTrainer(config, loaded, loop.device), TensorDataset(noise))

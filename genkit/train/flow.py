@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genkit.checkpoint import load_weights, save_weights
-from genkit.config import check_choice, config_dict, register_task
-from genkit.data import DataConfig, build_dataset, data_shape, validation_samples
+from genkit.config import check_choice, config_dict, ranged, register_task
+from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.nets import VELOCITY_NETS, build_velocity_net
@@ -22,6 +22,7 @@ from genkit.paths import RectifiedPath
 from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
 from genkit.train.pairs import PairDataset
 from samplers import euler, uniform
+from tokenizers_img.precision import at_least_float32
 
 TIME_SAMPLING = ("uniform", "logit_normal", "zero")
 # The RectifiedFlow reference draws t from U[eps, 1]: the velocity at exactly t = 0 is learned by distillation.
@@ -33,15 +34,31 @@ class VelocityNetConfig:
     """`mlp` (hidden, depth) for low-dimensional data, `unet` (block_channels, ...) for images."""
 
     kind: str = "mlp"
-    hidden: int = 256
-    depth: int = 3
-    block_channels: list[int] = field(default_factory=lambda: [32, 64])
-    layers_per_block: int = 1
-    norm_groups: int = 8
+    hidden: int = ranged(256, minimum=1)
+    depth: int = ranged(3, minimum=1)
+    block_channels: list[int] = ranged(lambda: [32, 64], minimum=1)
+    layers_per_block: int = ranged(1, minimum=1)
+    norm_groups: int = ranged(8, minimum=1)
     attention: bool = False
 
     def __post_init__(self):
         check_choice("model.kind", self.kind, tuple(VELOCITY_NETS))
+
+    def check_data(self, data: DataConfig) -> None:
+        """A U-Net needs images whose size its downsampling divides, and widths its norm groups divide."""
+        if self.kind != "unet":
+            return
+        image_channels(data)
+        downsampling = 2 ** (len(self.block_channels) - 1)
+        if not self.block_channels or data.image_size % downsampling:
+            raise GenkitError(
+                f"config key data.image_size={data.image_size} must be divisible by {downsampling}, the U-Net's "
+                f"downsampling with model.block_channels={self.block_channels}; change either"
+            )
+        if any(width % self.norm_groups for width in self.block_channels):
+            raise GenkitError(
+                f"config key model.block_channels={self.block_channels} must all be multiples of model.norm_groups"
+            )
 
     def build(self, shape: tuple[int, ...]) -> nn.Module:
         """The untrained network for data of `shape`."""
@@ -80,12 +97,15 @@ class FlowRunConfig:
     task: str = "flow"
     name: str = "flow"
     output_dir: str = "runs"
-    eval_samples: int = 512
+    eval_samples: int = ranged(512, minimum=1)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="gmm"))
     model: VelocityNetConfig = field(default_factory=VelocityNetConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        self.model.check_data(self.data)
 
 
 def save_velocity_model(model: nn.Module, folder: Path, kind: str) -> None:
@@ -139,19 +159,23 @@ class FlowTrainer:
         generator = torch.Generator().manual_seed(config.train.seed)
         self.noise = torch.randn((len(reference_data), *shape), generator=generator)
 
+    def optimizer_steps(self, steps: int) -> dict[str, int]:
+        return {"velocity": steps}
+
     def train_step(self, batch: Tensor | list[Tensor], loop: Loop) -> dict[str, Tensor]:
         x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
-        t = sample_time(len(x1), self.flow.time_sampling, x1.device)
+        t = sample_time(len(x1), self.flow.time_sampling, x1.device).to(x1.dtype)
         prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t)
-        loss = F.mse_loss(prediction.float(), self.path.target(x0, x1, t).float())
+        loss = F.mse_loss(at_least_float32(prediction), at_least_float32(self.path.target(x0, x1, t)))
         loop.update("velocity", loss)
         return {"loss": loss}
 
     def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
         model = loop.unwrap("velocity").eval()
-        metrics = evaluate_flow(model, self.noise.to(loop.device), self.reference_data.to(loop.device))
-        if len(self.noise.shape) == 4:
-            shown = self.noise[:32].to(loop.device)
+        noise = loop.to_device(self.noise)
+        metrics = evaluate_flow(model, noise, loop.to_device(self.reference_data))
+        if noise.ndim == 4:
+            shown = noise[:32]
             loop.log.log_images("samples_1step", euler(model, shown, uniform(2)), step)
             loop.log.log_images("samples_32step", euler(model, shown, uniform(33)), step)
         model.train()

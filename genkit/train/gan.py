@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genkit.checkpoint import load_weights, save_weights
-from genkit.config import check_choice, config_dict, register_task
-from genkit.data import DataConfig, build_dataset, data_shape, validation_samples
+from genkit.config import check_choice, config_dict, ranged, register_task
+from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import energy_distance, sliced_wasserstein
 from genkit.nets.gan import CRITICS, GENERATORS
 from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
 from genkit.velocity import GradientField
+from tokenizers_img.precision import at_least_float32
 
 METHODS = ("monoflow", "wgan_gp", "wgan_reflow")
 MONOTONE = ("logit", "non_saturating", "minimax", "arcsinh")
@@ -50,11 +51,6 @@ def monotone(h: str, d: Tensor, shift: float = 0.0) -> Tensor:
     if h == "minimax":
         return F.softplus(d + shift)
     return torch.asinh(d)
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """x in float32 if it is in a half-precision type, else unchanged (float64 stays float64)."""
-    return x.float() if x.dtype.itemsize < 4 else x
 
 
 def float32_output(critic: nn.Module, x: Tensor) -> Tensor:
@@ -84,10 +80,10 @@ class GanNetConfig:
     """`mlp` (hidden, depth) for low-dimensional data, `dcgan` (width) for power-of-two square images."""
 
     kind: str = "mlp"
-    latent_dim: int = 16
-    hidden: int = 256
-    depth: int = 3
-    width: int = 64
+    latent_dim: int = ranged(16, minimum=1)
+    hidden: int = ranged(256, minimum=1)
+    depth: int = ranged(3, minimum=1)
+    width: int = ranged(64, minimum=1)
 
     def __post_init__(self):
         check_choice("model.kind", self.kind, NET_KINDS)
@@ -114,18 +110,16 @@ class GanConfig:
 
     method: str = "monoflow"
     h: str = "non_saturating"
-    logit_shift: float = 0.0
+    logit_shift: float = ranged(0.0)
     generator_form: str = "loss"
-    eta: float = 0.5
-    n_critic: int | None = None
-    penalty_weight: float | None = None
+    eta: float = ranged(0.5, above=0)
+    n_critic: int | None = ranged(None, minimum=1)
+    penalty_weight: float | None = ranged(None, minimum=0)
 
     def __post_init__(self):
         check_choice("gan.method", self.method, METHODS)
         check_choice("gan.h", self.h, MONOTONE)
         check_choice("gan.generator_form", self.generator_form, FORMS)
-        if (self.n_critic is not None and self.n_critic < 1) or self.eta <= 0:
-            raise GenkitError("gan.n_critic must be at least 1 and gan.eta positive")
 
     def resolved(self) -> "GanConfig":
         """These settings with n_critic and penalty_weight filled in from the method's defaults where unset."""
@@ -151,7 +145,7 @@ class GanRunConfig:
     task: str = "gan"
     name: str = "gan"
     output_dir: str = "runs"
-    eval_samples: int = 2000
+    eval_samples: int = ranged(2000, minimum=1)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(source="8gaussians"))
     model: GanNetConfig = dataclasses.field(default_factory=GanNetConfig)
     gan: GanConfig = dataclasses.field(default_factory=GanConfig)
@@ -170,6 +164,11 @@ class GanRunConfig:
             critic_optimizer=self.critic_optimizer or dataclasses.replace(critic),
             generator_optimizer=self.generator_optimizer or dataclasses.replace(generator),
         )
+
+    def __post_init__(self):
+        size = self.data.image_size
+        if self.model.kind == "dcgan" and (image_channels(self.data) and (size < 8 or size & (size - 1))):
+            raise GenkitError(f"config key data.image_size={size} must be a power of two of at least 8 for DCGAN nets")
 
 
 def generator_loss(fake: Tensor, critic: nn.Module, gan: GanConfig) -> Tensor:
@@ -209,12 +208,12 @@ class GanTrainer:
             torch.rand(total, generator=generator),
             torch.randn(total, latent, generator=generator),
         )
-        return tuple(d[rank * local : (rank + 1) * local].to(loop.device) for d in draws)
+        return tuple(loop.to_device(d[rank * local : (rank + 1) * local]) for d in draws)
 
     def critic_loss(self, loop: Loop, real: Tensor, fake: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Logistic loss (MonoFlow) or E D(fake) - E D(real) + penalty at x_t = t real + (1 - t) fake (WGAN)."""
         critic = self.models["critic"]
-        d_real, d_fake = critic(real).float(), critic(fake).float()
+        d_real, d_fake = at_least_float32(critic(real)), at_least_float32(critic(fake))
         if self.gan.method == "monoflow":
             return {"critic": logistic_loss(d_real, d_fake)}
         t_x = t.reshape(-1, *[1] * (real.ndim - 1))
@@ -226,6 +225,10 @@ class GanTrainer:
             "wasserstein": wasserstein,
             "penalty": penalty,
         }
+
+    def optimizer_steps(self, steps: int) -> dict[str, int]:
+        """The critic steps every loop step, the generator at steps n_critic, 2 n_critic, ... below `steps`."""
+        return {"critic": steps, "generator": (steps - 1) // self.gan.n_critic}
 
     def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
         z_critic, t, z_generator = self.draws(loop, len(batch))
@@ -248,7 +251,7 @@ class GanTrainer:
     @torch.no_grad()
     def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
         generator = loop.unwrap("generator").eval()
-        samples = generator(self.eval_noise.to(loop.device)).float()
+        samples = generator(loop.to_device(self.eval_noise)).float()
         generator.train()
         if samples.ndim == 4:
             loop.log.log_images("samples", samples[:64], step)

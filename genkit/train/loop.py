@@ -6,6 +6,7 @@ A trainer plugs in named models and optimizers and a step function:
         models: dict[str, nn.Module]          # prepared by the loop, replaced by their wrapped versions
         optimizers: dict[str, Optimizer]      # one per model it updates, same names
         ema_model: str | None                 # name of the model whose EMA weights are kept
+        def optimizer_steps(self, steps) -> dict[str, int]       # how often each optimizer steps in `steps` loop steps
         def train_step(self, batch, loop) -> dict[str, Tensor]   # calls loop.update(name, loss) per optimizer
         def evaluate(self, loop, step) -> dict[str, float]       # on every process, under EMA weights
         def export(self, loop, folder) -> None                   # user-facing weights, main process
@@ -16,18 +17,19 @@ A GAN passes two models and two optimizers and calls `loop.update("critic", ...)
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import find_batch_size, send_to_device, set_seed
+from accelerate.utils import find_batch_size, recursively_apply, send_to_device, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
@@ -37,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from genkit.checkpoint import list_checkpoints, resolve_resume, rotate, write_json, write_text
-from genkit.config import check_choice, flat_config
+from genkit.config import check_choice, flat_config, ranged
 from genkit.errors import GenkitError
 from genkit.tracking import TRACKERS, RunLog
 
@@ -49,9 +51,9 @@ LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear"
 class OptimizerConfig:
     """AdamW settings for one model."""
 
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
+    lr: float = ranged(2e-4, above=0)
+    betas: list[float] = ranged(lambda: [0.9, 0.99], minimum=0, below=1)
+    weight_decay: float = ranged(0.0, minimum=0)
 
     def build(self, parameters) -> torch.optim.Optimizer:
         # torch 2.14 refuses betas mixing ints and floats, e.g. (0, 0.9).
@@ -64,46 +66,41 @@ class OptimizerConfig:
 class TrainConfig:
     """What the loop owns; `batch_size` is the global batch, split across processes and accumulation steps."""
 
-    steps: int = 1000
-    batch_size: int = 64
-    grad_accum_steps: int = 1
-    warmup_steps: int = 0
+    steps: int = ranged(1000, minimum=1)
+    batch_size: int = ranged(64, minimum=1)
+    grad_accum_steps: int = ranged(1, minimum=1)
+    warmup_steps: int = ranged(0, minimum=0)
     lr_schedule: str = "constant"
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    ema_decay: float = 0.999
-    log_every: int = 10
-    eval_every: int = 200
-    checkpoint_every: int = 200
-    keep_last: int = 2
+    max_grad_norm: float = ranged(1.0, minimum=0)  # 0: no clipping
+    # None: the launcher's choice (`accelerate launch --mixed_precision`, `accelerate config`), else "no".
+    mixed_precision: str | None = None
+    # Models, batches and draws in float64: runs that must agree across process counts to round-off, reference runs.
+    float64: bool = False
+    ema_decay: float = ranged(0.999, minimum=0, below=1)  # 0: no EMA
+    log_every: int = ranged(10, minimum=1)
+    eval_every: int = ranged(200, minimum=1)
+    checkpoint_every: int = ranged(200, minimum=1)
+    keep_last: int = ranged(2, minimum=1)
     resume: str | None = None
     tracker: str = "wandb"
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: int = ranged(0, minimum=0)
+    seed: int = ranged(0, minimum=0)
 
     def __post_init__(self):
-        check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.mixed_precision is not None:
+            check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.float64 and self.mixed_precision not in (None, "no"):
+            raise GenkitError(f"train.float64 computes in float64; drop train.mixed_precision={self.mixed_precision}")
         check_choice("train.lr_schedule", self.lr_schedule, tuple(LR_SCHEDULES))
         check_choice("train.tracker", self.tracker, TRACKERS)
-        for key in (
-            "steps",
-            "batch_size",
-            "grad_accum_steps",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep_last",
-        ):
-            if getattr(self, key) < 1:
-                raise GenkitError(f"config key train.{key}={getattr(self, key)} must be at least 1")
-        if not 0 <= self.ema_decay < 1:
-            raise GenkitError(f"config key train.ema_decay={self.ema_decay} must be in [0, 1); 0 turns EMA off")
 
 
 class Trainer(Protocol):
     models: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     ema_model: str | None
+
+    def optimizer_steps(self, steps: int) -> dict[str, int]: ...
 
     def train_step(self, batch: Tensor | list[Tensor], loop: "Loop") -> dict[str, Tensor]: ...
 
@@ -145,6 +142,10 @@ class Loop:
         """`run_config` is the whole resolved config as nested dicts: saved as config.yaml and sent to trackers."""
         self.config, self.run_dir, self.run_config = config, run_dir, run_config
         self.checkpoint_dir = run_dir / "checkpoints"
+        if config.mixed_precision is not None:
+            self.mixed_precision_from = "config"
+        else:
+            self.mixed_precision_from = "launcher" if "ACCELERATE_MIXED_PRECISION" in os.environ else "default"
         try:
             self.accelerator = Accelerator(
                 mixed_precision=config.mixed_precision,
@@ -155,7 +156,16 @@ class Loop:
                 dataloader_config=DataLoaderConfiguration(split_batches=True),
             )
         except ValueError as error:
-            raise GenkitError(f"train.mixed_precision={config.mixed_precision} cannot run here: {error}") from None
+            raise GenkitError(
+                f"mixed precision {config.mixed_precision or os.environ.get('ACCELERATE_MIXED_PRECISION')} cannot run "
+                f"here: {error}"
+            ) from None
+        if config.float64 and self.accelerator.mixed_precision != "no":
+            raise GenkitError(
+                f"train.float64 computes in float64, but the launcher asks for {self.accelerator.mixed_precision} "
+                "mixed precision; launch with --mixed_precision no"
+            )
+        self.dtype = torch.float64 if config.float64 else None
         self.ema: EMAModel | None = None
         self.log: RunLog | None = None
         # The micro-batch being trained, counted over the run: keys noise that must not depend on the process count.
@@ -169,6 +179,13 @@ class Loop:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    def to_device(self, data):
+        """Tensors (or nests of them) on the training device; floating ones in float64 when train.float64."""
+        data = send_to_device(data, self.device)
+        if self.dtype is None:
+            return data
+        return recursively_apply(lambda x: x.to(self.dtype) if x.is_floating_point() else x, data)
 
     def micro_batch(self) -> int:
         """Global batch per accumulation step; each process gets micro_batch / num_processes of it."""
@@ -212,15 +229,19 @@ class Loop:
         names = list(trainer.models)
         if set(trainer.optimizers) - set(names):
             raise ValueError(f"optimizers {sorted(trainer.optimizers)} must be named after models {names}")
-        schedulers = {
-            name: get_scheduler(
+        if self.dtype is not None:
+            for model in trainer.models.values():
+                model.to(self.dtype)
+        steps, schedulers = self.config.steps, {}
+        updates = trainer.optimizer_steps(steps)
+        for name, optimizer in trainer.optimizers.items():
+            # Each schedule spans the updates its optimizer takes; warmup keeps its share of the run.
+            schedulers[name] = get_scheduler(
                 LR_SCHEDULES[self.config.lr_schedule],
                 optimizer,
-                num_warmup_steps=self.config.warmup_steps,
-                num_training_steps=self.config.steps,
+                num_warmup_steps=round(self.config.warmup_steps * updates[name] / steps),
+                num_training_steps=max(updates[name], 1),
             )
-            for name, optimizer in trainer.optimizers.items()
-        }
         opt_names = list(trainer.optimizers)
         prepared = self.accelerator.prepare(
             *[trainer.models[n] for n in names],
@@ -314,7 +335,9 @@ class Loop:
             "grad_accum_steps": config.grad_accum_steps,
             "global_batch": config.batch_size,
             "device": str(self.device),
-            "mixed_precision": config.mixed_precision,
+            "mixed_precision": accelerator.mixed_precision,
+            "mixed_precision_from": self.mixed_precision_from,
+            "float64": config.float64,
             "resumed_from_step": step,
             "torch": torch.__version__,
         }
@@ -325,7 +348,7 @@ class Loop:
                 f"x {config.grad_accum_steps} accumulation = global batch {config.batch_size} on {runtime['device']}"
                 + (f", resumed at step {step}" if step else "")
             )
-        self.log = RunLog(accelerator, self.run_dir, config.tracker, flat_config(self.run_config), resume_step=step)
+        self.log = RunLog(accelerator, self.run_dir, config.tracker, flat_config(self.run_config), resumed=step > 0)
         sampler = StreamSampler(
             len(dataset),
             micro_batch,
@@ -348,7 +371,7 @@ class Loop:
             while step < config.steps:
                 for micro in range(config.grad_accum_steps):
                     self.position = step * config.grad_accum_steps + micro
-                    batch = send_to_device(next(batches), self.device)
+                    batch = self.to_device(next(batches))
                     with accelerator.accumulate(*trainer.models.values()):
                         losses = trainer.train_step(batch, self)
                     images += find_batch_size(batch) * accelerator.num_processes

@@ -114,6 +114,16 @@ def _write_shard(path: Path, z: Tensor, x: Tensor, metadata: dict[str, str]) -> 
     os.replace(temporary, path)
 
 
+def check_solver(solver: str, nfe: int) -> None:
+    """`reference` (adaptive, nfe 0) or a fixed-step solver with nfe >= 1 evaluations."""
+    if solver != "reference" and solver not in samplers.SOLVERS:
+        raise GenkitError(f"unknown pair solver {solver!r}; choose reference or one of: {', '.join(samplers.SOLVERS)}")
+    if solver == "reference" and nfe != 0:
+        raise GenkitError(f"the reference solver picks its own steps: leave nfe at 0, not {nfe}")
+    if solver != "reference" and nfe < 1:
+        raise GenkitError(f"solver {solver} needs nfe >= 1 field evaluations, got nfe={nfe}")
+
+
 def generate_pairs(
     field: Field,
     shape: tuple[int, ...],
@@ -132,12 +142,7 @@ def generate_pairs(
     It returns the shard paths once the whole folder, manifest included, is written.
     Complete shards already there are kept, so a killed generation resumes at its missing shards.
     """
-    if solver != "reference" and solver not in samplers.SOLVERS:
-        raise GenkitError(f"unknown pair solver {solver!r}; choose reference or one of: {', '.join(samplers.SOLVERS)}")
-    if solver == "reference" and nfe != 0:
-        raise GenkitError(f"the reference solver picks its own steps: leave nfe at 0, not {nfe}")
-    if solver != "reference" and nfe < 1:
-        raise GenkitError(f"solver {solver} needs nfe >= 1 field evaluations, got nfe={nfe}")
+    check_solver(solver, nfe)
     if min(num_pairs, shard_size, batch_size) < 1 or seed < 0:
         raise GenkitError(
             f"num_pairs, shard_size and batch_size must be positive and seed non-negative, got num_pairs={num_pairs}, "

@@ -14,26 +14,29 @@ import torch
 import yaml
 
 from genkit.checkpoint import write_json
-from genkit.config import config_dict, flat_config, register_task
+from genkit.config import config_dict, flat_config, ranged, register_task
 from genkit.data import DataConfig, data_shape, validation_samples
 from genkit.errors import GenkitError
 from genkit.processes import process_state
 from genkit.train import flow
 from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow, load_velocity_model
 from genkit.train.loop import OptimizerConfig, TrainConfig
-from genkit.train.pairs import generate_pairs
+from genkit.train.pairs import check_solver, generate_pairs
 
 
 @dataclass
 class PairsConfig:
     """How the couplings are generated: count, shard size, ODE solver (`reference` = adaptive, accurate)."""
 
-    num_pairs: int = 10_000
-    shard_size: int = 2_000
+    num_pairs: int = ranged(10_000, minimum=1)
+    shard_size: int = ranged(2_000, minimum=1)
     solver: str = "reference"
-    nfe: int = 0
-    batch_size: int = 1_000
-    seed: int = 1
+    nfe: int = ranged(0, minimum=0)  # the reference solver picks its own steps: 0
+    batch_size: int = ranged(1_000, minimum=1)
+    seed: int = ranged(1, minimum=0)
+
+    def __post_init__(self):
+        check_solver(self.solver, self.nfe)
 
 
 @register_task("reflow")
@@ -44,10 +47,10 @@ class ReflowRunConfig:
     task: str = "reflow"
     name: str = "reflow"
     output_dir: str = "runs"
-    eval_samples: int = 512
-    rounds: int = 1
-    reflow_steps: int = 1000
-    distill_steps: int = 0
+    eval_samples: int = ranged(512, minimum=1)
+    rounds: int = ranged(1, minimum=0)
+    reflow_steps: int = ranged(1000, minimum=1)
+    distill_steps: int = ranged(0, minimum=0)
     time_sampling: str = "uniform"
     data: DataConfig = field(default_factory=lambda: DataConfig(source="gmm"))
     model: VelocityNetConfig = field(default_factory=VelocityNetConfig)
@@ -56,8 +59,7 @@ class ReflowRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.rounds < 0 or self.reflow_steps < 1 or self.distill_steps < 0:
-            raise GenkitError("rounds and distill_steps must be >= 0 and reflow_steps >= 1")
+        self.model.check_data(self.data)
 
 
 def stage_names(config: ReflowRunConfig) -> list[str]:

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from genkit.checkpoint import load_weights, save_weights, write_json
-from genkit.config import check_choice, config_dict, load_config, register_task
+from genkit.config import check_choice, config_dict, load_config, ranged, register_task
 from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import psnr
@@ -24,14 +24,14 @@ class QuantizerConfig:
     """`fsq` uses levels (and symmetric); `vq` uses codebook_size, beta, ema, decay, cosine, dead_code_threshold."""
 
     kind: str = "fsq"
-    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    levels: list[int] = ranged(lambda: [8, 5, 5, 5], minimum=2)
     symmetric: bool = False
-    codebook_size: int = 1024
-    beta: float = 0.25
+    codebook_size: int = ranged(1024, minimum=1)
+    beta: float = ranged(0.25, minimum=0)
     ema: bool = True
-    decay: float = 0.99
+    decay: float = ranged(0.99, minimum=0, below=1)
     cosine: bool = False
-    dead_code_threshold: float = 0.0
+    dead_code_threshold: float = ranged(0.0, minimum=0)
 
     def options(self) -> dict:
         """The constructor options of the chosen quantizer kind."""
@@ -42,22 +42,29 @@ class QuantizerConfig:
 
     def __post_init__(self):
         check_choice("model.quantizer.kind", self.kind, tuple(QUANTIZERS))
+        if not self.levels or (min(self.levels) < 3 and not self.symmetric):
+            raise GenkitError(
+                f"config key model.quantizer.levels={self.levels} needs entries of at least 3 (2 only with "
+                "model.quantizer.symmetric=true, whose grid includes +-1)"
+            )
 
 
 @dataclass
 class TokenizerModelConfig:
     """Autoencoder shape: one resolution per entry of `channels` (downsampling 2^(len - 1))."""
 
-    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    latent_dim: int = 4
-    norm_groups: int = 8
+    channels: list[int] = ranged(lambda: [32, 64, 64], minimum=1)
+    layers_per_block: int = ranged(1, minimum=1)
+    latent_dim: int = ranged(4, minimum=1)
+    norm_groups: int = ranged(8, minimum=1)
     mid_attention: bool = False
     loss: str = "l1"
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
         check_choice("model.loss", self.loss, tuple(LOSSES))
+        if not self.channels:
+            raise GenkitError("config key model.channels is empty; give one width per resolution, e.g. [32, 64, 64]")
         for width in self.channels:
             if width % self.norm_groups:
                 raise GenkitError(f"model.channels {self.channels} must all be multiples of model.norm_groups")
@@ -71,11 +78,20 @@ class TokenizerRunConfig:
     task: str = "tokenizer"
     name: str = "tokenizer"
     output_dir: str = "runs"
-    eval_images: int = 64
+    eval_images: int = ranged(64, minimum=1)
     data: DataConfig = field(default_factory=DataConfig)
     model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        image_channels(self.data)  # a tokenizer needs images, not points
+        downsampling = 2 ** (len(self.model.channels) - 1)
+        if self.data.image_size % downsampling:
+            raise GenkitError(
+                f"config key data.image_size={self.data.image_size} must be divisible by {downsampling}, the "
+                f"tokenizer's downsampling with {len(self.model.channels)} model.channels; change either"
+            )
 
 
 def build_tokenizer(config: TokenizerModelConfig, in_channels: int) -> Tokenizer:
@@ -138,6 +154,9 @@ class TokenizerTrainer:
         self.optimizers = {"tokenizer": config.optimizer.build(tokenizer.parameters())}
         self.val_images = val_images
 
+    def optimizer_steps(self, steps: int) -> dict[str, int]:
+        return {"tokenizer": steps}
+
     def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
         _, losses = self.models["tokenizer"](batch)
         loop.update("tokenizer", losses["total"])
@@ -146,13 +165,16 @@ class TokenizerTrainer:
     def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
         tokenizer = loop.unwrap("tokenizer")
         tokenizer.eval()
-        images = self.val_images.to(loop.device)
+        images = loop.to_device(self.val_images)
         metrics, reconstruction = evaluate_tokenizer(tokenizer, images)
         tokenizer.train()
-        rows = min(4, len(images) // 8)
-        # Originals and reconstructions in alternating rows of eight.
-        pairs = torch.stack([images[: rows * 8], reconstruction[: rows * 8]]).unflatten(1, (rows, 8)).transpose(0, 1)
-        loop.log.log_images("reconstruction", pairs.flatten(0, 2), step)
+        # Originals and reconstructions in alternating rows of up to eight.
+        width = min(8, len(images))
+        rows = min(4, len(images) // width)
+        shown = torch.stack([images[: rows * width], reconstruction[: rows * width]])
+        loop.log.log_images(
+            "reconstruction", shown.unflatten(1, (rows, width)).transpose(0, 1).flatten(0, 2), step, width
+        )
         return metrics
 
     def export(self, loop: Loop, folder: Path) -> None:
@@ -176,7 +198,7 @@ def evaluate_run(folder: Path, count: int | None = None) -> str:
     config = load_config(folder / "config.yaml")
     if not isinstance(config, TokenizerRunConfig):
         raise GenkitError(f"{folder} is not a tokenizer run")
-    images = validation_samples(config.data, count or config.eval_images)
+    images = validation_samples(config.data, config.eval_images if count is None else count)
     torch.manual_seed(config.train.seed)
     untrained = build_tokenizer(config.model, image_channels(config.data)).eval()
     rows = {"untrained": evaluate_tokenizer(untrained, images)[0], "trained": None}
