@@ -3,20 +3,21 @@
 from samplers.amed import AMEDPredictor, amed, amed_plugin
 from samplers.errors import SamplerError
 from samplers.reference import reference
-from samplers.sample import BASELINES, EVALUATIONS_PER_STEP, SOLVERS, CountingField, sample, solver_nfe
+from samplers.registry import BASELINES, SOLVERS, SolverSpec, solver_spec
 from samplers.schedules import SCHEDULES, karras, logsnr, time_uniform, uniform
+from samplers.solve import CountingField, solve
 from samplers.solvers import dpm_solver_2, dpmpp_2m, euler, heun, ipndm
 
 __all__ = [
     "BASELINES",
     "AMEDPredictor",
-    "EVALUATIONS_PER_STEP",
     "SCHEDULES",
     "SOLVERS",
     "CountingField",
+    "SamplerError",
+    "SolverSpec",
     "amed",
     "amed_plugin",
-    "SamplerError",
     "dpm_solver_2",
     "dpmpp_2m",
     "euler",
@@ -25,8 +26,8 @@ __all__ = [
     "karras",
     "logsnr",
     "reference",
-    "sample",
-    "solver_nfe",
+    "solve",
+    "solver_spec",
     "time_uniform",
     "uniform",
 ]

@@ -2,9 +2,8 @@
 
 Works on any EDM-form field (time = sigma > 0, velocity = (x - D(x, sigma)) / sigma). The predictor sees
 features that every field provides (a pooled summary of the slope d_n), never a network's module names; a
-predictor built with features="bottleneck" instead reads the 64 pooled values that a field's
-`velocity_and_bottleneck(x, t) -> (velocity, features)` method returns with the slope (genkit's U-Net adapters
-have it: the channel mean of the U-Net's middle block, average-pooled to 8x8).
+predictor built with features="bottleneck" instead reads the 64 values a field's `velocity_and_bottleneck`
+returns with the slope (samplers.field; genkit's U-Net adapters pool the U-Net's middle block to 8x8).
 """
 
 import math
@@ -15,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samplers.errors import SamplerError
-from samplers.solvers import ADAMS_BASHFORTH, Callback, Field, as_timesteps, batch_time
+from samplers.field import FEATURE_SIZE, Field, pooled_features, velocity_and_bottleneck
+from samplers.solvers import ADAMS_BASHFORTH, Callback, as_timesteps, batch_time
 
-FEATURE_SIZE = 64
 PLUGIN_BASES = ("euler", "dpm_solver_2", "ipndm", "dpmpp_2m")
 FEATURES = ("slope", "bottleneck")
 Predictor = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
@@ -30,24 +29,8 @@ def slope_features(d: Tensor) -> Tensor:
     return F.adaptive_avg_pool1d(d.reshape(d.shape[0], 1, -1), FEATURE_SIZE).flatten(1)
 
 
-def pooled_features(activation: Tensor) -> Tensor:
-    """A [B, C, H, W] activation as 64 numbers per sample: channel mean, then 8x8 adaptive average pool."""
-    return F.adaptive_avg_pool2d(activation.mean(1, keepdim=True).float(), 8).flatten(1)
-
-
-def velocity_and_bottleneck(field: Field, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """field(x, t) and its 64 bottleneck features, from the field's `velocity_and_bottleneck` method."""
-    method = getattr(field, "velocity_and_bottleneck", None)
-    if method is None:
-        raise SamplerError(
-            f"this AMED predictor reads bottleneck features, but the field ({type(field).__name__}) has no "
-            "velocity_and_bottleneck(x, t) method; use a predictor distilled with features='slope'"
-        )
-    return method(x, t)
-
-
 def time_embedding(sigma: Tensor, channels: int = 8, max_positions: int = 10_000) -> Tensor:
-    """Sinusoidal embedding of raw sigma, [cos, sin] with endpoint frequencies (ALGORITHMS 1.6)."""
+    """Sinusoidal embedding of raw sigma, [cos, sin] with endpoint frequencies (docs/amed.md §5)."""
     frequencies = (1 / max_positions) ** (torch.arange(channels // 2, device=sigma.device) / (channels // 2 - 1))
     angles = sigma.float()[:, None] * frequencies[None]
     return torch.cat([angles.cos(), angles.sin()], dim=1)
@@ -210,7 +193,7 @@ def amed_plugin(
     max_order: int = 4,
     callback: Callback = None,
 ) -> Tensor:
-    """AMED-Plugin (ALGORITHMS 1.5): the predicted s_n inserted into a base solver, 2 evaluations an interval.
+    """AMED-Plugin (docs/amed.md §4): the predicted s_n inserted into a base solver, 2 evaluations an interval.
 
     euler: x_{n+1} = x_s + c (t_{n+1} - s) d_s, continuing from x_s (not from x_n as AMED-Solver does);
     dpm_solver_2: x_{n+1} = x_n + c h (d_s / 2r + (1 - 1/2r) d_n);

@@ -5,7 +5,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from samplers.solvers import Field
+from samplers.field import Field
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from samplers.errors import SamplerError
+from samplers.field import Field
 
-Field = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None] | None
 
 # Adams-Bashforth weights for equal steps, newest slope first (orders 1-4).

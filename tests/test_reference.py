@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genkit import GaussianMixtureField, RectifiedAsEDM
-from samplers import BASELINES, karras, logsnr, reference, sample, uniform
+from samplers import BASELINES, karras, logsnr, reference, solve, uniform
 
 
 def test_reference_matches_the_gaussian_closed_form():
@@ -32,7 +32,7 @@ def test_every_solver_converges_to_the_reference_on_a_mixture(name, mixture_prob
     field, x, x_ref = mixture_problem
     schedule = "logsnr" if name == "dpmpp_2m" else "karras"
     rmse = [
-        (sample(field.edm, x, name, nfe, schedule=schedule) - x_ref).pow(2).mean().sqrt().item()
+        (solve(field.edm, x, name, nfe, schedule=schedule) - x_ref).pow(2).mean().sqrt().item()
         for nfe in (4, 8, 16, 32, 64)
     ]
     assert all(fine < coarse for coarse, fine in zip(rmse, rmse[1:], strict=False)), rmse
@@ -45,8 +45,8 @@ def test_rectified_field_reaches_the_same_data_in_either_time(mixture_problem):
     t_start, t_end = 1 / 81, 1 / 1.002
     rectified_end = reference(field.rectified, x * t_start, t_start, t_end, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(rectified_end / t_end, x_ref, rtol=1e-6, atol=1e-6)
-    converted = sample(RectifiedAsEDM(field.rectified), x, "heun", 20)
-    torch.testing.assert_close(converted, sample(field.edm, x, "heun", 20), rtol=1e-10, atol=1e-10)
+    converted = solve(RectifiedAsEDM(field.rectified), x, "heun", 20)
+    torch.testing.assert_close(converted, solve(field.edm, x, "heun", 20), rtol=1e-10, atol=1e-10)
 
 
 def test_rectified_sampling_from_noise_converges_to_the_reference():
@@ -54,7 +54,7 @@ def test_rectified_sampling_from_noise_converges_to_the_reference():
     noise = torch.randn(32, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x_ref = reference(field.rectified, noise, 0.0, 1.0)
     errors = [
-        (sample(field.rectified, noise, "heun", n, schedule="uniform") - x_ref).abs().max().item() for n in (8, 32, 128)
+        (solve(field.rectified, noise, "heun", n, schedule="uniform") - x_ref).abs().max().item() for n in (8, 32, 128)
     ]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 3e-3
 
@@ -65,7 +65,7 @@ def test_schedules_are_what_sample_uses():
     x = torch.ones(1, 3, dtype=torch.float64)
     for schedule, expected in (("karras", karras(5)), ("logsnr", logsnr(5)), ("uniform", uniform(5))):
         seen.clear()
-        sample(field.edm, x, "euler", 4, schedule=schedule, callback=lambda info: seen.append(info["t"].item()))
+        solve(field.edm, x, "euler", 4, schedule=schedule, callback=lambda info: seen.append(info["t"].item()))
         assert seen == pytest.approx(expected[:-1].tolist())
 
 
@@ -80,6 +80,6 @@ def test_measured_orders_on_an_image_sized_mixture():
     for name, order in ORDERS.items():
         schedule = "logsnr" if name == "dpmpp_2m" else "karras"
         coarse, fine = (
-            (sample(field.edm, x, name, nfe, schedule=schedule) - x_ref).pow(2).mean().sqrt() for nfe in (128, 256)
+            (solve(field.edm, x, name, nfe, schedule=schedule) - x_ref).pow(2).mean().sqrt() for nfe in (128, 256)
         )
         assert math.log2(coarse / fine) == pytest.approx(order, abs=0.15), name

@@ -18,8 +18,7 @@ from samplers import (
     ipndm,
     karras,
     logsnr,
-    sample,
-    solver_nfe,
+    solve,
     uniform,
 )
 
@@ -63,7 +62,7 @@ def test_multistep_solvers_beat_euler_at_equal_nfe(nfe, x):
     start = 80 * x
     exact = gaussian_exact(start, 80.0, 0.002)
     errors = {
-        name: (sample(gaussian_field, start, name, nfe) - exact).abs().max().item()
+        name: (solve(gaussian_field, start, name, nfe) - exact).abs().max().item()
         for name in ("euler", "dpmpp_2m", "ipndm")
     }
     assert errors["dpmpp_2m"] < errors["euler"]
@@ -124,31 +123,31 @@ def test_sample_spends_exactly_nfe(name, x):
         counting = CountingField(gaussian_field)
         if name in ("heun", "dpm_solver_2") and nfe % 2:
             with pytest.raises(SamplerError, match=f"nfe={nfe}"):
-                sample(counting, x, name, nfe)
+                solve(counting, x, name, nfe)
         else:
-            sample(counting, x, name, nfe)
+            solve(counting, x, name, nfe)
             assert counting.nfe == nfe
 
 
 def test_solver_nfe_counts_the_euler_step_to_zero():
     with_zero = torch.tensor([80.0, 1.0, 0.1, 0.0], dtype=torch.float64)
-    assert [solver_nfe(name, with_zero) for name in BASELINES] == [3, 5, 5, 3, 3]
+    assert [SOLVERS[name].nfe(with_zero) for name in BASELINES] == [3, 5, 5, 3, 3]
     for name in BASELINES:
-        solver = SOLVERS[name]
+        solver = SOLVERS[name].function
         counting = CountingField(gaussian_field)
         solver(counting, torch.ones(2, 3, dtype=torch.float64), with_zero)
-        assert counting.nfe == solver_nfe(name, with_zero)
+        assert counting.nfe == SOLVERS[name].nfe(with_zero)
 
 
 def test_sample_rejects_bad_names_and_options(x):
     with pytest.raises(SamplerError, match="unknown solver 'rk4'.*euler"):
-        sample(gaussian_field, x, "rk4", 4)
+        solve(gaussian_field, x, "rk4", 4)
     with pytest.raises(SamplerError, match="unknown schedule"):
-        sample(gaussian_field, x, "euler", 4, schedule="cosine")
+        solve(gaussian_field, x, "euler", 4, schedule="cosine")
     with pytest.raises(SamplerError, match="bad options.*rho"):
-        sample(gaussian_field, x, "euler", 4, schedule="logsnr", schedule_opts={"rho": 7})
+        solve(gaussian_field, x, "euler", 4, schedule="logsnr", schedule_opts={"rho": 7})
     with pytest.raises(SamplerError, match="bad options.*max_order"):
-        sample(gaussian_field, x, "heun", 4, solver_opts={"max_order": 2})
+        solve(gaussian_field, x, "heun", 4, solver_opts={"max_order": 2})
 
 
 def test_callback_sees_every_step_and_float32_stays_float32(x):

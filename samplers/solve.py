@@ -1,0 +1,70 @@
+"""Solving at an exact budget: pick the schedule length that makes a solver spend exactly `nfe` field evaluations."""
+
+import inspect
+
+from torch import Tensor
+
+from samplers.errors import SamplerError
+from samplers.field import Field, velocity_and_bottleneck
+from samplers.registry import solver_spec
+from samplers.schedules import SCHEDULES
+from samplers.solvers import Callback
+
+
+class CountingField:
+    """A field that counts its evaluations: one per call, whatever the batch size."""
+
+    def __init__(self, field: Field):
+        self.field = field
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.field(x, t)
+
+    def velocity_and_bottleneck(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The wrapped field's velocity and bottleneck features, one evaluation."""
+        self.nfe += 1
+        return velocity_and_bottleneck(self.field, x, t)
+
+
+def _check_options(what: str, function, options: dict, leading: int) -> None:
+    """Options `function` accepts after its `leading` positional arguments, or a SamplerError naming them."""
+    try:
+        inspect.signature(function).bind(*[None] * leading, **options)
+    except TypeError as error:
+        raise SamplerError(f"bad options {options} for {what}: {error}") from None
+
+
+def solve(
+    field: Field,
+    x: Tensor,
+    solver: str = "euler",
+    nfe: int = 10,
+    schedule: str = "karras",
+    schedule_opts: dict | None = None,
+    solver_opts: dict | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Integrate from x at the schedule's first time with `solver`, spending exactly `nfe` evaluations."""
+    spec, schedule_opts, solver_opts = solver_spec(solver), schedule_opts or {}, solver_opts or {}
+    _check_options(f"solver {solver!r}", spec.function, {"callback": None, **solver_opts}, leading=3)
+    if schedule not in SCHEDULES:
+        raise SamplerError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    make_schedule = SCHEDULES[schedule]
+    _check_options(f"schedule {schedule!r}", make_schedule, schedule_opts, leading=1)
+    if nfe < 1:
+        raise SamplerError(f"nfe must be at least 1, got {nfe}")
+    costs = {n: spec.nfe(make_schedule(n, **schedule_opts), **solver_opts) for n in range(2, nfe + 3)}
+    lengths = [n for n, cost in costs.items() if cost == nfe]
+    if not lengths:
+        reachable = sorted(cost for cost in costs.values() if abs(cost - nfe) <= 2)
+        raise SamplerError(
+            f"{solver} spends {spec.evaluations_per_step} evaluations a step and cannot spend exactly "
+            f"nfe={nfe} on the {schedule!r} schedule; nearby budgets it can spend: {reachable}"
+        )
+    counting = CountingField(field)
+    x = spec.function(counting, x, make_schedule(lengths[0], **schedule_opts), callback=callback, **solver_opts)
+    if counting.nfe != nfe:
+        raise RuntimeError(f"{solver} spent {counting.nfe} evaluations, expected {nfe}: SolverSpec.nfe is out of date")
+    return x
