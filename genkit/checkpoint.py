@@ -1,4 +1,4 @@
-"""Files that must survive a killed run: atomic writes, weight folders, and rotating training checkpoints.
+"""Files that must survive a killed run: atomic writes, model folders, and rotating training checkpoints.
 
 Everything is written under a temporary name and renamed into place, so a reader (or a resumed run)
 sees either the previous complete file or the new complete one, never half of one.
@@ -10,14 +10,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from torch import nn
 
 from genkit.errors import GenkitError
 
 CHECKPOINT_PREFIX = "step_"
-WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
@@ -47,29 +44,20 @@ def replace_folder(temporary: Path, folder: Path) -> None:
         os.replace(temporary, folder)
 
 
-def save_weights(folder: Path, state: dict[str, torch.Tensor], config: dict) -> None:
-    """A folder a user can hand on: `model.safetensors` plus the `config.json` that rebuilds the model."""
+def save_pretrained(model: nn.Module, folder: Path) -> None:
+    """`model.save_pretrained` (config.json + safetensors) into `folder`, atomically: all of it or the old folder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    save_file({key: value.detach().contiguous().cpu() for key, value in state.items()}, temporary / WEIGHTS_NAME)
-    (temporary / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    model.save_pretrained(temporary)
     replace_folder(temporary, folder)
 
 
-def training_seconds(run: Path, model: Path) -> float:
-    """Wall time of a finished run: from its config.yaml (written when the loop starts) to the exported `model`."""
-    return (model / CONFIG_NAME).stat().st_mtime - (run / "config.yaml").stat().st_mtime
-
-
-def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, config) from a folder written by `save_weights`, with a clear error when it is not one."""
-    folder = Path(folder)
-    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
-    if not weights.is_file() or not config.is_file():
-        raise GenkitError(f"{folder} is not a saved model folder: it needs {WEIGHTS_NAME} and {CONFIG_NAME}")
+def saved_class(folder: Path) -> str | None:
+    """The `_class_name` a saved model folder's config.json names; None when there is no readable one."""
     try:
-        return load_file(weights), json.loads(config.read_text())
-    except (SafetensorError, OSError, json.JSONDecodeError) as error:
-        raise GenkitError(f"{folder} is corrupt ({error}); save it again or use another copy") from None
+        return json.loads((Path(folder) / CONFIG_NAME).read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoint_step(folder: Path) -> int:

@@ -14,10 +14,29 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from genkit.configs import shipped
 from genkit.errors import GenkitError
 
 # Filled by each trainer module: task name -> its top-level config dataclass.
 TASKS: dict[str, type] = {}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What every run's config starts with: its task, its name, and the folder its run folder is made in."""
+
+    task: str = ""
+    name: str = "run"
+    output_dir: str = "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        """<output_dir>/<name>: where the run writes everything."""
+        return Path(self.output_dir) / self.name
+
+    def resolved(self) -> "RunConfig":
+        """The config with every default that depends on other keys filled in: what a run records and trains with."""
+        return self
 
 
 def register_task(name: str):
@@ -105,9 +124,23 @@ def check_choice(key: str, value: Any, choices: tuple) -> None:
         raise GenkitError(f"config key {key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
 
 
+def config_path(name: str | Path) -> Path:
+    """A config file: `name` itself when it exists, else the shipped config of that name (tokenizer/fsq, or fsq)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    configs = shipped()
+    key = str(name).removesuffix(".yaml")
+    matches = [configs[key]] if key in configs else [p for k, p in configs.items() if k.split("/")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    raise GenkitError(
+        f"config file {name} does not exist and names no single shipped config; pass the path of a YAML file or the "
+        "name of a shipped config (genkit train --help lists them)"
+    )
+
+
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise GenkitError(f"config file {path} does not exist; pass the path of a YAML file such as configs/...")
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -127,8 +160,8 @@ def _explain(error: OmegaConfBaseException, source: str) -> GenkitError:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
-    """The dataclass instance for the YAML at `path` with `key=value` overrides applied."""
-    path = Path(path)
+    """The dataclass instance for the YAML at `path` (or of a shipped config's name) with `key=value` overrides."""
+    path = config_path(path)
     content = _read_yaml(path)
     for override in overrides:
         if "=" not in override:
@@ -147,6 +180,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
             merged = OmegaConf.merge(merged, layer())
         except OmegaConfBaseException as error:
             raise _explain(error, source) from None
+        except TypeError as error:  # e.g. a list indexed like a mapping: samplers.distill.0.nfe=...
+            raise GenkitError(f"{source} do not fit the config's structure ({error}); set whole lists") from None
     check_ranges(merged)
     try:
         return OmegaConf.to_object(merged)

@@ -1,9 +1,15 @@
-"""The velocity models a sampler or a distillation can be pointed at by config, each loaded in EDM form.
+"""A velocity model loaded with its time conventions: the one place that turns noise into data samples.
 
-`mixture`: an analytic GaussianMixtureField (float64); `flow_run`: the model of a genkit flow or ReFlow run,
-converted with RectifiedAsEDM; `diffusers`: a local folder with `unet/` (UNet2DModel) and `scheduler/`
-(a DDPM-family scheduler config), through DiffusersField. Each comes with an id that names the exact weights,
-so that what was distilled for one model is refused for another.
+A `Field` holds the velocity in each form it can be solved in, each with its path (genkit.paths): where a solve
+starts from standard normal noise, which schedules span its time, and how the final state maps to data. A flow run
+is solved in rectified time on `uniform` and in EDM form (through RectifiedAsEDM) on the sigma schedules; an
+analytic mixture in either; a diffusers model in EDM form only. `genkit sample`, `genkit compare` and AMED
+distillation all solve through `Field.solve`, and a schedule or solver that does not fit the field is one error.
+
+`FieldConfig` names a field in a config: `mixture` (an analytic GaussianMixtureField, float64), `flow_run` (the
+model of a genkit flow or ReFlow run) or `diffusers` (a folder or Hub id with `unet/` and `scheduler/`, as
+DDPMPipeline.save_pretrained writes it). Each field has an id that names the exact weights, so that what was
+distilled for one model is refused for another.
 """
 
 import hashlib
@@ -12,13 +18,18 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from torch import nn
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError
+from torch import Tensor, nn
 
-from genkit.config import check_choice, load_config, ranged
+import samplers
+from genkit.config import check_choice, ranged
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.train.flow import load_velocity_model
+from genkit.models import load_velocity_model
+from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
+from genkit.runs import model_folder, run_data
 from genkit.velocity import DiffusersField, RectifiedAsEDM, VelocityModel
 
 FIELD_KINDS = ("mixture", "flow_run", "diffusers")
@@ -26,18 +37,76 @@ SCHEDULER_FILE = "scheduler_config.json"
 
 
 @dataclass
-class LoadedField:
-    """An EDM-form field with the shape and dtype of its samples and the id of the model behind it."""
+class Field:
+    """A velocity model in each form it can be solved in (native first), the shape and dtype of its samples, its id."""
 
-    edm: VelocityModel
+    field_id: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    field_id: str
+    forms: list[tuple[VelocityModel, ProbabilityPath]]
+
+    @property
+    def schedules(self) -> tuple[str, ...]:
+        return tuple(schedule for _, path in self.forms for schedule in path.schedules)
+
+    def form(self, schedule: str, solver: str = "euler") -> tuple[VelocityModel, ProbabilityPath]:
+        """The velocity and path that `schedule` spans; one clear error when the field or the solver cannot use it."""
+        for velocity, path in self.forms:
+            if schedule in path.schedules:
+                if samplers.solver_spec(solver).sigma_space and not isinstance(path, EDMPath):
+                    sigma = ", ".join(s for s in self.schedules if s not in path.schedules)
+                    raise GenkitError(f"{solver} works in sigma space; pick a sigma schedule ({sigma}), not {schedule}")
+                return velocity, path
+        raise GenkitError(f"schedule {schedule} does not fit this field ({self.field_id}); it takes {self.schedules}")
+
+    @property
+    def edm(self) -> VelocityModel:
+        """The velocity in EDM form (time is sigma), which AMED and the sigma-space solvers need."""
+        return self.form(EDMPath.schedules[0])[0]
+
+    @property
+    def edm_path(self) -> EDMPath:
+        """The sigma range and data map of the EDM form."""
+        return self.form(EDMPath.schedules[0])[1]
+
+    def default_schedule(self, solver: str) -> str:
+        """The native time's schedule for a solver that can use it, else the solver's usual sigma schedule."""
+        spec, native = samplers.solver_spec(solver), self.forms[0][1]
+        return (
+            native.schedules[0] if isinstance(native, RectifiedPath) and not spec.sigma_space else spec.default_schedule
+        )
+
+    def solve(
+        self, z: Tensor, solver: str, nfe: int, schedule: str, solver_opts: dict | None = None, callback=None
+    ) -> Tensor:
+        """Data samples from noise z: `solver` at exactly `nfe` evaluations on `schedule`, mapped to data."""
+        velocity, path = self.form(schedule, solver)
+        x = samplers.solve(
+            velocity,
+            path.start(z.to(self.dtype)),
+            solver,
+            nfe,
+            schedule,
+            path.schedule_options(),
+            solver_opts,
+            callback,
+        )
+        return path.to_data(x)
+
+    def reference(self, z: Tensor, schedule: str, tolerance: float, method: str = "DOP853") -> tuple[Tensor, int]:
+        """Data from noise z by scipy's `method` at rtol = atol = tolerance in the time `schedule` spans, and the
+        evaluations it spent."""
+        velocity, path = self.form(schedule)
+        counting = samplers.CountingField(velocity)
+        x = samplers.reference(
+            counting, path.start(z.to(self.dtype)), path.t_start, path.t_end, tolerance, tolerance, method
+        )
+        return path.to_data(x), counting.nfe
 
 
 @dataclass
 class FieldConfig:
-    """`kind` mixture (components, shape, seed, diagonal), flow_run (path: a run folder) or diffusers (path)."""
+    """`kind` mixture (components, shape, seed, diagonal), flow_run (path: a run), diffusers (path: folder, Hub id)."""
 
     kind: str = "mixture"
     components: int = ranged(8, minimum=1)
@@ -49,9 +118,9 @@ class FieldConfig:
     def __post_init__(self):
         check_choice("field.kind", self.kind, FIELD_KINDS)
         if self.kind != "mixture" and not self.path:
-            raise GenkitError(f"field.kind={self.kind} needs field.path, the folder of the model")
+            raise GenkitError(f"field.kind={self.kind} needs field.path, the folder (or Hub id) of the model")
 
-    def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
+    def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
         """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given)."""
         if self.kind == "mixture":
             mixture = GaussianMixtureField.random(self.components, tuple(self.shape), self.seed, self.diagonal)
@@ -59,10 +128,11 @@ class FieldConfig:
                 f"gmm(components={self.components}, shape={list(self.shape)}, seed={self.seed}, "
                 f"diagonal={self.diagonal})"
             )
-            return LoadedField(mixture.edm, tuple(self.shape), torch.float64, field_id)
+            forms = [(mixture.edm, EDMPath()), (mixture.rectified, RectifiedPath())]
+            return Field(field_id, tuple(self.shape), torch.float64, forms)
         if self.kind == "flow_run":
             return load_flow_run(Path(self.path), device, dtype)
-        return load_diffusers(Path(self.path), device, dtype)
+        return load_diffusers(self.path, device, dtype)
 
 
 def weights_digest(*paths: Path) -> str:
@@ -73,27 +143,19 @@ def weights_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_folder(run: Path) -> Path:
-    """The folder holding the model of a flow run, or of the last trained stage of a ReFlow run."""
-    if (run / "model").is_dir():
-        return run
-    stages = sorted((p.parent for p in run.glob("*/model")), key=lambda p: p.stat().st_mtime)
-    if not stages:
-        raise GenkitError(f"{run} holds no trained velocity model (no model/ folder); train it first")
-    return stages[-1]
-
-
 def frozen(network: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
     """The network on `device` (in `dtype`) in eval mode with gradients off for its parameters, not its inputs."""
     return network.to(device, dtype).eval().requires_grad_(False)
 
 
-def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
-    """A genkit flow (or last ReFlow stage) model in EDM form: sigma = (1 - t) / t, x~ = x_t / t."""
+def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
+    """A genkit flow (or last ReFlow stage) model: rectified time natively, EDM form through RectifiedAsEDM."""
     folder = model_folder(run)
     model = frozen(load_velocity_model(folder / "model"), device, dtype)
-    shape = data_shape(load_config(folder / "config.yaml").data)
-    return LoadedField(RectifiedAsEDM(model), shape, dtype or torch.float32, flow_run_id(folder))
+    # The state at sigma_min is x~ = x_t / t with t = 1 / (1 + sigma_min): data is x~ / (1 + sigma_min).
+    edm = EDMPath(data_scale=1 / (1 + EDMPath().sigma_min))
+    forms = [(model, RectifiedPath()), (RectifiedAsEDM(model), edm)]
+    return Field(flow_run_id(folder), data_shape(run_data(folder)), dtype or torch.float32, forms)
 
 
 def flow_run_id(folder: Path) -> str:
@@ -101,13 +163,31 @@ def flow_run_id(folder: Path) -> str:
     return f"flow_run(sha256={weights_digest(*sorted((folder / 'model').glob('*.safetensors')))})"
 
 
-def load_diffusers(folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedField:
-    """A diffusers UNet2DModel and its scheduler's noise table from a local folder (unet/, scheduler/)."""
+def local_diffusers_folder(source: str) -> Path:
+    """A local folder with unet/ and scheduler/: `source` itself, or the Hub snapshot of a model id."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        return Path(snapshot_download(source, allow_patterns=["unet/*", "scheduler/*"]))
+    except HFValidationError:
+        raise GenkitError(f"field.path={source} is neither a local folder nor a Hugging Face Hub model id") from None
+    except Exception as error:  # offline, unknown id, no access: the Hub client raises many types
+        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise GenkitError(
+            f"field.path={source} is not a local folder and could not be fetched from the Hugging Face Hub ({cause}); "
+            "on a machine with network access run `huggingface-cli download "
+            f"{source}` (then it loads offline from the cache), or point field.path at a local folder"
+        ) from None
+
+
+def load_diffusers(source: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
+    """A diffusers UNet2DModel and its scheduler's noise table (a local folder or Hub id with unet/, scheduler/)."""
+    folder = local_diffusers_folder(source)
     unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
     if not unet_dir.is_dir() or not scheduler_dir.is_dir():
         raise GenkitError(
-            f"{folder} is not a local diffusers model folder with unet/ and scheduler/ (as DDPMPipeline."
-            "save_pretrained writes); genkit does not download models, save or download one there first"
+            f"{source} is not a diffusers model folder with unet/ and scheduler/ (as DDPMPipeline.save_pretrained "
+            "writes it); save or download one there first"
         )
     unet = frozen(UNet2DModel.from_pretrained(unet_dir), device, dtype)
     scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
@@ -115,4 +195,4 @@ def load_diffusers(folder: Path, device: torch.device | str = "cpu", dtype: torc
     shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
     files = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin")) + [scheduler_dir / SCHEDULER_FILE]
     field_id = f"diffusers(sha256={weights_digest(*files)})"
-    return LoadedField(DiffusersField(unet, scheduler), shape, dtype or torch.float32, field_id)
+    return Field(field_id, shape, dtype or torch.float32, [(DiffusersField(unet, scheduler), EDMPath())])

@@ -14,12 +14,23 @@ from torch import Tensor
 from genkit.errors import GenkitError
 from genkit.velocity import VelocityModel
 from samplers import euler, uniform
+from tokenizers_img import codebook_usage
 
 
 def psnr(images: Tensor, reference: Tensor, data_range: float = 2.0) -> float:
     """Mean over images of 10 log10(range^2 / MSE), for images in [-1, 1] (range 2)."""
     mse = (images.double() - reference.double()).pow(2).flatten(1).mean(1)
     return (10 * torch.log10(data_range**2 / mse)).mean().item()
+
+
+def reconstruction_metrics(images: Tensor, reconstruction: Tensor, indices: Tensor, codebook_size: int) -> dict:
+    """A tokenizer's numbers on a batch: PSNR of the reconstructions, fraction of the codebook used, perplexity."""
+    usage = codebook_usage(indices, codebook_size)
+    return {
+        "psnr": psnr(reconstruction, images),
+        "codebook_usage": usage.fraction_used,
+        "perplexity": usage.perplexity,
+    }
 
 
 def ssim(images: Tensor, reference: Tensor) -> float:
@@ -36,7 +47,7 @@ def ssim(images: Tensor, reference: Tensor) -> float:
 
 
 def straightness(field: VelocityModel, z0: Tensor, nfe: int = 100) -> float:
-    """S = int_0^1 E||(Z1 - Z0) - v(Z_t, t)||^2 dt (ALGORITHMS 4.4) along the Euler path of `nfe` uniform steps from z0.
+    """S = int_0^1 E||(Z1 - Z0) - v(Z_t, t)||^2 dt along `nfe` uniform Euler steps from z0 (docs/metrics.md §8).
 
     Discretised on the solver's own grid: the integral is the mean over t_i = i / nfe, i < nfe, of the velocity Euler
     used at its state Z_i (a left Riemann sum), and Z1 is the end of that same simulation. The squared norm is summed

@@ -1,12 +1,16 @@
-"""Probability paths: how noise x0 and data x1 mix at time t, the velocity a model learns, and the prior.
+"""Probability paths and their time conventions (docs/samplers.md §1).
 
-Both paths take noise as `x0` and data as `x1`; they differ in what time means.
+A path says how noise x0 and data x1 mix at time t and what velocity a model learns; as a time convention it also
+says where a solve starts (`start(z)` from standard normal noise z), which schedules span its time, and how the
+final state maps to data (`to_data`). Both take noise as `x0` and data as `x1`; they differ in what time means.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
 from torch import Tensor
+
+from samplers.schedules import SCHEDULES, SIGMA_MAX, SIGMA_MIN
 
 
 def broadcast_time(t: Tensor, x: Tensor) -> Tensor:
@@ -18,13 +22,9 @@ def broadcast_time(t: Tensor, x: Tensor) -> Tensor:
 class RectifiedPath:
     """x_t = t x1 + (1 - t) x0: noise x0 ~ N(0, I) at t = 0, data x1 at t = 1, target velocity x1 - x0."""
 
-    @property
-    def t_start(self) -> float:
-        return 0.0
-
-    @property
-    def t_end(self) -> float:
-        return 1.0
+    schedules: ClassVar[tuple[str, ...]] = ("uniform",)
+    t_start: ClassVar[float] = 0.0
+    t_end: ClassVar[float] = 1.0
 
     def interpolate(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
         t = broadcast_time(t, x0)
@@ -34,17 +34,35 @@ class RectifiedPath:
         """dx_t/dt = x1 - x0."""
         return x1 - x0
 
-    def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None, **tensor_opts) -> Tensor:
-        """x0 ~ N(0, I) at t = 0."""
-        return torch.randn(shape, generator=generator, **tensor_opts)
+    def start(self, z: Tensor) -> Tensor:
+        """The state at t = 0 for standard normal noise z: z itself."""
+        return z
+
+    def schedule_options(self) -> dict:
+        """What a schedule function needs to span this time: nothing, uniform runs from 0 to 1."""
+        return {}
+
+    def timesteps(self, schedule: str, n: int) -> Tensor:
+        """`n` times of the `uniform` schedule from 0 to 1."""
+        return SCHEDULES[schedule](n)
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """The state at t = 1 is data."""
+        return x
 
 
 @dataclass(frozen=True)
 class EDMPath:
-    """x_sigma = x1 + sigma x0 (EDM/VE): time is sigma, run from sigma_max down to sigma_min; target dx/dsigma = x0."""
+    """x_sigma = x1 + sigma x0 (EDM/VE): time is sigma, solved from sigma_max down to sigma_min; target x0.
 
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    `data_scale` maps the state at sigma_min to data: 1 for a field trained in this form, 1 / (1 + sigma_min) for a
+    rectified field seen through RectifiedAsEDM (x~ = x_t / t with t = 1 / (1 + sigma)).
+    """
+
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    data_scale: float = 1.0
+    schedules: ClassVar[tuple[str, ...]] = ("karras", "logsnr", "time_uniform")
 
     @property
     def t_start(self) -> float:
@@ -61,6 +79,21 @@ class EDMPath:
         """dx_sigma/dsigma = x0, the noise."""
         return x0
 
-    def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None, **tensor_opts) -> Tensor:
-        """sigma_max * N(0, I): the data's contribution is negligible at sigma_max."""
-        return self.sigma_max * torch.randn(shape, generator=generator, **tensor_opts)
+    def start(self, z: Tensor) -> Tensor:
+        """The state at sigma_max for standard normal noise z: sigma_max z (the data term is negligible there)."""
+        return self.sigma_max * z
+
+    def schedule_options(self) -> dict:
+        """What a sigma schedule function needs to span this time: its sigma bounds."""
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def timesteps(self, schedule: str, n: int) -> Tensor:
+        """`n` sigmas of a schedule from sigma_max to sigma_min (no trailing zero)."""
+        return SCHEDULES[schedule](n, **self.schedule_options())
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """The state at sigma_min as data."""
+        return self.data_scale * x
+
+
+ProbabilityPath = RectifiedPath | EDMPath

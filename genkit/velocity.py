@@ -12,7 +12,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 from genkit.paths import broadcast_time
-from samplers.amed import pooled_features, velocity_and_bottleneck
+from samplers.field import pooled_features, velocity_and_bottleneck
 
 
 class VelocityModel(Protocol):

@@ -16,7 +16,7 @@ from samplers import (
     dpmpp_2m,
     euler,
     karras,
-    sample,
+    solve,
 )
 from samplers.amed import amed_plugin_step, intermediate_time, slope_features
 
@@ -101,7 +101,7 @@ def test_nfe_is_two_per_interval_less_one_with_afs(mixture, x, afs, expected):
     assert counting.nfe == expected
     assert (80.0 in called_at) is not afs
     counting = CountingField(mixture.edm)
-    sample(counting, x, "amed", expected, solver_opts={"predictor": constant(0.4), "afs": afs})
+    solve(counting, x, "amed", expected, solver_opts={"predictor": constant(0.4), "afs": afs})
     assert counting.nfe == expected
 
 
@@ -118,7 +118,7 @@ def test_afs_uses_the_analytic_slope_and_zero_features(mixture, x):
 
 def test_sample_needs_a_predictor_and_amed_refuses_sigma_zero(mixture, x):
     with pytest.raises(SamplerError, match="predictor"):
-        sample(mixture.edm, x, "amed", 5)
+        solve(mixture.edm, x, "amed", 5)
     with pytest.raises(SamplerError, match="sigma > 0"):
         amed(mixture.edm, x, torch.tensor([1.0, 0.0], dtype=torch.float64), constant(0.5))
 
@@ -174,12 +174,12 @@ def test_ipndm_plugin_keeps_slopes_at_t_and_s_in_one_history(mixture, x):
 def test_plugin_nfe_and_sample(mixture, x):
     for afs, expected in ((True, 5), (False, 6)):
         counting = CountingField(mixture.edm)
-        sample(counting, x, "amed_plugin", expected, solver_opts={"predictor": constant(0.5), "afs": afs})
+        solve(counting, x, "amed_plugin", expected, solver_opts={"predictor": constant(0.5), "afs": afs})
         assert counting.nfe == expected
 
 
 def test_dpmpp_plugin_scales_the_second_increment_and_uses_the_afs_denoised(mixture, x):
-    """With AFS the first denoised value is x - t x / sqrt(1 + t^2); c multiplies x_{n+1} - x_s (ALGORITHMS 1.5)."""
+    """With AFS the first denoised value is x - t x / sqrt(1 + t^2); c multiplies x_{n+1} - x_s (docs/amed.md §4)."""
     t0, t1 = karras(2)
     r, c = torch.tensor(0.3, dtype=torch.float64), 0.995
     s = intermediate_time(t0, t1, r)

@@ -6,7 +6,6 @@ import pytest
 import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks
-from safetensors.torch import load_file
 from test_amed import constant, exact_r
 from torch.utils.data import TensorDataset
 from weights import assert_same_weights, float64_training_atol
@@ -14,10 +13,13 @@ from weights import assert_same_weights, float64_training_atol
 from genkit import GaussianMixtureField
 from genkit.config import config_dict, load_config
 from genkit.errors import GenkitError
-from genkit.fields import LoadedField
-from genkit.train.amed import AmedRunConfig, AmedSettings, AmedTrainer, load_predictor, sigma_max_noise
-from genkit.train.loop import Loop, TrainConfig
-from samplers import amed, amed_plugin, dpm_solver_2, reference, sample
+from genkit.fields import Field
+from genkit.paths import EDMPath
+from genkit.predictors import PredictorModel, load_predictor
+from genkit.train.amed import AmedRunConfig, AmedSettings, AmedTrainer, start_states
+from genkit.train.config import TrainConfig
+from genkit.train.loop import Loop
+from samplers import amed, amed_plugin, dpm_solver_2, reference, solve
 
 CONFIG = {
     "task": "amed",
@@ -53,8 +55,9 @@ def distil_in_process(folder, settings: AmedSettings, mixture: GaussianMixtureFi
         train=TrainConfig(steps=steps, batch_size=128, tracker="none", log_every=1000, eval_every=1000, ema_decay=0),
     )
     loop = Loop(config.train, folder / "custom", config_dict(config))
-    trainer = AmedTrainer(config, LoadedField(mixture.edm, shape, torch.float64, "custom"), loop.device)
-    loop.run(trainer, TensorDataset(sigma_max_noise(config.num_samples, shape, 80.0, 0, torch.float64)))
+    field = Field("custom", shape, torch.float64, [(mixture.edm, EDMPath())])
+    trainer = AmedTrainer(config, field, loop.device)
+    loop.run(trainer, TensorDataset(start_states(field, config.num_samples, seed=0)))
     return trainer.models["predictor"].eval()
 
 
@@ -77,7 +80,7 @@ def test_on_an_isotropic_gaussian_the_distilled_r_is_the_exact_r_and_far_better_
         assert (r - r_exact).abs().max() < 0.02, (r.mean(), r_exact)
     target = x * math.sqrt((1 + timesteps[-1].item() ** 2) / (1 + 80.0**2))
     learned_error = (out - target).pow(2).mean().sqrt()
-    euler_error = (sample(gaussian.edm, x, "euler", 6, schedule="time_uniform") - target).pow(2).mean().sqrt()
+    euler_error = (solve(gaussian.edm, x, "euler", 6, schedule="time_uniform") - target).pow(2).mean().sqrt()
     assert learned_error < euler_error / 10, (learned_error, euler_error)
 
 
@@ -103,7 +106,7 @@ def test_distilled_predictor_beats_the_fixed_midpoint_on_the_same_timesteps(dist
     """AMED-Solver at NFE 5 against DPM-Solver-2 (r = 1/2, NFE 6) on the same 4 timestamps, vs an RK reference."""
     folder, config = distilled
     field = config.field.load()
-    predictor, _ = load_predictor(folder / "runs" / "gmm" / "model", field.field_id, config.amed)
+    predictor = load_predictor(folder / "runs" / "gmm" / "model", field.field_id, config.amed)
     x = 80 * torch.randn(256, 64, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     target = reference(field.edm, x, 80.0, 0.002, rtol=1e-9, atol=1e-9)
     timesteps = config.amed.timesteps()
@@ -132,6 +135,6 @@ def test_two_processes_distil_the_same_predictor_as_one(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
         assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
-    one, two = (load_file(tmp_path / "runs" / name / "model" / "model.safetensors") for name in ("one", "two"))
+    one, two = (PredictorModel.from_pretrained(tmp_path / "runs" / n / "model").state_dict() for n in ("one", "two"))
     # Adam at lr 5e-3, one update per interval: 3 a step.
     assert_same_weights(one, two, float64_training_atol(lr=5e-3, updates=6 * 3))

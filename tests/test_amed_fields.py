@@ -7,14 +7,17 @@ from diffusers import DDPMScheduler, UNet2DModel
 from launching import genkit
 from safetensors.torch import load_file
 
+from genkit.checkpoint import save_pretrained
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.fields import FieldConfig, flow_run_id
+from genkit.models import load_velocity_model
 from genkit.nets import UNetVelocity
+from genkit.predictors import load_predictor
 from genkit.train import flow
-from genkit.train.amed import AmedSettings, load_predictor
-from samplers import CountingField, SamplerError, amed, amed_plugin
-from samplers.amed import pooled_features
+from genkit.train.amed import AmedSettings
+from samplers import AMEDPredictor, CountingField, SamplerError, amed, amed_plugin
+from samplers.field import pooled_features
 
 FLOW = {
     "task": "flow",
@@ -61,14 +64,26 @@ def test_the_flow_run_distillation_logs_its_progress_and_saves_its_settings(dist
     lines = [yaml.safe_load(line) for line in (folder / "runs" / "plugin" / "metrics.jsonl").read_text().splitlines()]
     evaluated = [line for line in lines if "rmse_to_teacher" in line]
     assert evaluated and {"r_0", "r_1", "r_2", "rmse_midpoint_to_teacher"} <= evaluated[-1].keys()
-    predictor, settings = load_predictor(predictor_dir, flow_run_id(run))
+    predictor = load_predictor(predictor_dir, flow_run_id(run))
+    settings = predictor.tied_settings
     assert (settings.solver, settings.base, settings.features, settings.nfe) == (
         "amed_plugin",
         "ipndm",
         "bottleneck",
         5,
     )
-    assert predictor.features == "bottleneck" and predictor.scale_time == 0.2
+    assert predictor.features == "bottleneck" and settings.scale_time == 0.2
+
+
+def test_a_flow_runs_unet_loads_as_a_plain_diffusers_unet(distilled):
+    """The exported model and a checkpoint's are diffusers UNet2DModel folders; genkit feeds them 999 t."""
+    _, run, _ = distilled
+    for folder in (run / "model", run / "checkpoints" / "step_00000004" / "velocity"):
+        unet = UNet2DModel.from_pretrained(folder)
+        velocity = load_velocity_model(folder)
+        x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7])
+        with torch.no_grad():
+            torch.testing.assert_close(unet(x, 999 * t).sample, velocity(x, t))
 
 
 def test_genkit_sample_uses_the_predictor_at_its_nfe_and_refuses_mismatches(distilled):
@@ -92,10 +107,9 @@ def test_genkit_sample_uses_the_predictor_at_its_nfe_and_refuses_mismatches(dist
 
 def test_a_predictor_is_refused_for_other_weights(distilled, tmp_path):
     folder, run, predictor_dir = distilled
-    state = load_file(run / "model" / "model.safetensors")
-    other = UNetVelocity(1, 8, [8, 16], norm_groups=4)
-    assert other.state_dict().keys() == state.keys()
-    flow.save_velocity_model(other, tmp_path / "model", "unet")
+    other = UNetVelocity.build(1, 8, [8, 16], norm_groups=4)
+    assert other.state_dict().keys() == load_velocity_model(run / "model").state_dict().keys()
+    save_pretrained(other, tmp_path / "model")
     with pytest.raises(GenkitError, match="field: trained for 'flow_run"):
         load_predictor(predictor_dir, flow_run_id(tmp_path))
     with pytest.raises(GenkitError, match="schedule: trained for 'karras', asked for 'time_uniform'"):
@@ -104,7 +118,7 @@ def test_a_predictor_is_refused_for_other_weights(distilled, tmp_path):
 
 def test_unet_bottleneck_is_the_pooled_middle_block_output_and_costs_no_extra_call():
     torch.manual_seed(0)
-    model = UNetVelocity(1, 8, [8, 16], norm_groups=4).eval()
+    model = UNetVelocity.build(1, 8, [8, 16], norm_groups=4).eval()
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.2, 0.5, 0.9])
     captured = []
     model.unet.mid_block.register_forward_hook(lambda module, inputs, output: captured.append(output))
@@ -150,10 +164,13 @@ def test_a_diffusers_folder_is_a_field_with_bottleneck_features(diffusers_folder
     settings = AmedSettings(features="bottleneck")
     counting = CountingField(loaded.edm)
     with torch.no_grad():
-        out = amed(counting, x, settings.timesteps(), settings.build_predictor())
+        out = amed(counting, x, settings.timesteps(), AMEDPredictor(features="bottleneck"))
     assert counting.nfe == 5 and out.isfinite().all()
-    with pytest.raises(GenkitError, match="not a local diffusers model folder"):
+    with pytest.raises(GenkitError, match="is not a diffusers model folder with unet/ and scheduler/"):
         FieldConfig(kind="diffusers", path=str(tmp_path)).load()
+    # A Hub id that is not in the local cache: offline (as the tests run), one clear error.
+    with pytest.raises(GenkitError, match="could not be fetched from the Hugging Face Hub.*huggingface-cli download"):
+        FieldConfig(kind="diffusers", path="google/ddpm-cifar10-32").load()
     with pytest.raises(GenkitError, match="field.kind=flow_run needs field.path"):
         FieldConfig(kind="flow_run")
 
@@ -162,4 +179,4 @@ def test_a_field_without_a_bottleneck_is_a_clear_error_for_a_bottleneck_predicto
     field = lambda x, t: x  # noqa: E731
     settings = AmedSettings(solver="amed_plugin", features="bottleneck", afs=False)
     with pytest.raises(SamplerError, match="no velocity_and_bottleneck"):
-        amed_plugin(field, torch.ones(2, 4), settings.timesteps(), settings.build_predictor())
+        amed_plugin(field, torch.ones(2, 4), settings.timesteps(), AMEDPredictor(features="bottleneck"))

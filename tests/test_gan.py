@@ -16,9 +16,12 @@ from genkit.config import load_config
 from genkit.data import validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import sliced_wasserstein
-from genkit.nets.gan import DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator
+from genkit.models import load_gan
+from genkit.nets.gan import DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator, monotone
 from genkit.train import gan
-from genkit.train.gan import GanConfig, generator_loss, gradient_penalty, logistic_loss, monotone
+from genkit.train.gan import GanConfig, generator_loss, gradient_penalty, logistic_loss
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes
 
 TOY = {
     "task": "gan",
@@ -63,7 +66,7 @@ def test_one_particle_regression_step_is_two_eta_times_the_loss_step(h):
 
 
 def test_monotone_functions_and_their_saturation():
-    """Fact 30 and the table of ALGORITHMS 5.4: h' > 0; softplus saturates as d -> -inf, log sigmoid does not."""
+    """docs/gans_as_odes.md §4: h' > 0 for each h; softplus saturates as d -> -inf, log sigmoid does not."""
     d = torch.linspace(-20, 5, 101, dtype=torch.float64, requires_grad=True)
     slopes = {}
     for h in ("logit", "non_saturating", "minimax", "arcsinh"):
@@ -199,7 +202,7 @@ def test_each_trainer_moves_the_generator_to_the_eight_gaussians(tmp_path, metho
     saved = yaml.safe_load((tmp_path / "runs" / method / "config.yaml").read_text())
     assert saved["gan"]["n_critic"] == (1 if method == "monoflow" else 5)
     assert saved["gan"]["penalty_weight"] == {"monoflow": 0.0, "wgan_gp": 10.0, "wgan_reflow": 0.5}[method]
-    field = gan.critic_field(tmp_path / "runs" / method)
+    field = load_gan(tmp_path / "runs" / method / "model").critic_field()
     assert field(data[:4], torch.zeros(4)).shape == (4, 2)
 
 
@@ -217,7 +220,7 @@ def test_two_processes_train_the_same_gan_as_one(tmp_path):
         runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
         assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
     for part in ("generator", "critic"):
-        one, two = (load_file(tmp_path / "runs" / n / "model" / part / "model.safetensors") for n in ("one", "two"))
+        one, two = (load_file(tmp_path / "runs" / n / "model" / part / WEIGHTS) for n in ("one", "two"))
         # WGAN-GP's reference Adam: lr 1e-4; six critic updates, more than the generator's two.
         assert_same_weights(one, two, float64_training_atol(lr=1e-4, updates=6))
 
@@ -250,7 +253,7 @@ def test_genkit_sample_draws_from_the_generator_and_refines_along_the_critic(tmp
     plain = load_file(samples / "gan_refine0x0.01_seed4.safetensors")["samples"]
     refined = load_file(samples / "gan_refine3x0.05_seed4.safetensors")["samples"]
     # Three Euler steps of the critic's field, grad_x d(x) for h = logit, computed here by hand.
-    generator, critic, _ = gan.load_gan(tmp_path / "runs" / "mono" / "model")
+    critic = load_gan(tmp_path / "runs" / "mono" / "model").critic
     expected = plain.clone()
     for _ in range(3):
         x = expected.clone().requires_grad_(True)
@@ -270,7 +273,5 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     gan.train(load_config(tmp_path / "split.yaml"))
     gan.train(load_config(tmp_path / "split.yaml", ["train.steps=8", "train.resume=latest"]))
     for part in ("generator", "critic"):
-        whole, split = (
-            load_file(tmp_path / "runs" / n / "model" / part / "model.safetensors") for n in ("whole", "split")
-        )
+        whole, split = (load_file(tmp_path / "runs" / n / "model" / part / WEIGHTS) for n in ("whole", "split"))
         assert_same_weights(whole, split)  # the same operations in the same order: bit for bit

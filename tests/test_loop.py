@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState
-from torch import nn
 from wandb.proto import wandb_internal_pb2
 
 from genkit.config import load_config
+from genkit.nets import TimeMLP
 from genkit.train import amed, gan
-from genkit.train.loop import Loop, TrainConfig
+from genkit.train.config import TrainConfig
+from genkit.train.loop import Loop
 
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of chunks with 7-byte headers
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -54,30 +55,31 @@ def wandb_history(run_dir: Path) -> list[tuple[int, dict]]:
 
 
 class LineTrainer:
-    """Fits y = 2 x with one weight; logs its loss plus `offset`, and fails at loop step `fail_at`."""
+    """Fits y = 2 x with a tiny MLP; logs its loss plus `offset`, and fails at loop step `fail_at`."""
 
     ema_model = None
 
     def __init__(self, offset: float = 0.0, fail_at: int | None = None):
         torch.manual_seed(0)
-        self.models = {"line": nn.Linear(1, 1, bias=False)}
+        self.models = {"line": TimeMLP(1, hidden=4, depth=1)}
         self.optimizers = {"line": torch.optim.SGD(self.models["line"].parameters(), lr=0.1)}
         self.offset, self.fail_at = offset, fail_at
 
     def optimizer_steps(self, steps: int) -> dict[str, int]:
         return {"line": steps}
 
-    def train_step(self, batch, loop):
-        if loop.position + 1 == self.fail_at:
+    def train_step(self, batch, context):
+        if context.position + 1 == self.fail_at:
             raise RuntimeError("killed")
-        loss = (self.models["line"](batch[:, None]) - 2 * batch[:, None]).pow(2).mean()
-        loop.update("line", loss)
+        x = batch[:, None]
+        loss = (self.models["line"](x, torch.zeros(len(x))) - 2 * x).pow(2).mean()
+        context.update("line", loss)
         return {"loss": loss + self.offset}
 
-    def evaluate(self, loop, step):
+    def evaluate(self, context, step):
         return {}
 
-    def export(self, loop, folder):
+    def export(self, context, folder):
         pass
 
 

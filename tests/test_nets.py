@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from diffusers import UNet2DModel
 
+from genkit.checkpoint import save_pretrained
 from genkit.errors import GenkitError
-from genkit.nets import VELOCITY_NETS, TimeMLP, UNetVelocity, build_velocity_net
+from genkit.models import load_velocity_model
+from genkit.nets import TimeMLP, UNetVelocity, build_velocity_net
 
 
 def parameter_count(model):
@@ -25,18 +28,20 @@ NETS = [
 
 
 @pytest.mark.parametrize(("kind", "config", "shape"), NETS)
-def test_shapes_and_config_round_trip(kind, config, shape):
+def test_shapes_and_the_saved_model_round_trip(kind, config, shape, tmp_path):
     torch.manual_seed(0)
     model = build_velocity_net(kind, **config).eval()
     x, t = inputs(shape)
     with torch.no_grad():
         output = model(x, t)
     assert output.shape == x.shape and torch.isfinite(output).all()
-    rebuilt = VELOCITY_NETS[kind](**model.config).eval()
-    assert rebuilt.config == model.config
-    rebuilt.load_state_dict(model.state_dict())
+    save_pretrained(model, tmp_path / "model")
+    rebuilt = load_velocity_model(tmp_path / "model")
+    assert type(rebuilt) is type(model) and not rebuilt.training
     with torch.no_grad():
         assert torch.equal(rebuilt(x, t), output)
+    if kind == "unet":  # a plain diffusers folder: diffusers loads the U-Net without genkit
+        assert torch.equal(UNet2DModel.from_pretrained(tmp_path / "model")(x, 999 * t).sample, output)
 
 
 @pytest.mark.parametrize(("kind", "config", "shape"), NETS)
@@ -56,7 +61,7 @@ def test_parameter_counts():
     assert parameter_count(TimeMLP(2)) == (66 * 256 + 256) + 2 * (256 * 256 + 256) + (256 * 2 + 2) == 149_250
     # The tiny U-Net configs the CPU tests and demos train stay under a million parameters.
     counts = {
-        (channels, attention): parameter_count(UNetVelocity(channels, 32, attention=attention))
+        (channels, attention): parameter_count(UNetVelocity.build(channels, 32, attention=attention))
         for channels in (1, 3)
         for attention in (False, True)
     }
@@ -65,17 +70,17 @@ def test_parameter_counts():
 
 
 def test_unet_attention_sits_at_the_lowest_resolution():
-    unet = UNetVelocity(3, 32, block_channels=(16, 32, 32), attention=True).unet
+    unet = UNetVelocity.build(3, 32, block_channels=(16, 32, 32), attention=True).unet
     assert [type(block).__name__ for block in unet.down_blocks] == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
     assert [type(block).__name__ for block in unet.up_blocks] == ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]
     assert unet.mid_block.attentions[0] is not None
-    plain = UNetVelocity(3, 32, block_channels=(16, 32, 32)).unet
+    plain = UNetVelocity.build(3, 32, block_channels=(16, 32, 32)).unet
     assert not any("Attn" in type(block).__name__ for block in [*plain.down_blocks, *plain.up_blocks])
     assert plain.mid_block.attentions[0] is None
 
 
 def test_unet_feeds_999_t(monkeypatch):
-    model = UNetVelocity(1, 8, block_channels=(8, 16))
+    model = UNetVelocity.build(1, 8, block_channels=(8, 16))
     seen = []
     forward = model.unet.forward
     monkeypatch.setattr(model.unet, "forward", lambda x, timestep: seen.append(timestep) or forward(x, timestep))
@@ -101,8 +106,8 @@ def test_builder_errors():
     with pytest.raises(GenkitError, match="'unet' needs channels, image_size"):
         build_velocity_net("unet")
     with pytest.raises(GenkitError, match="divisible by 2\\^2"):
-        UNetVelocity(3, 30, block_channels=(16, 32, 32))
+        UNetVelocity.build(3, 30, block_channels=(16, 32, 32))
     with pytest.raises(GenkitError, match="norm_groups=8"):
-        UNetVelocity(3, 32, block_channels=(12, 24))
+        UNetVelocity.build(3, 32, block_channels=(12, 24))
     with pytest.raises(GenkitError, match="at least 1"):
         TimeMLP(2, depth=0)

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from weights import assert_same_weights, float64_training_atol
 
-from genkit.train.tokenizer import load_tokenizer
+from tokenizers_img.model import Tokenizer
 
 TINY = {
     "task": "tokenizer",
@@ -51,12 +51,14 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes
+
+
 def model_state(workdir: Path, name: str, checkpoint: str | None = None) -> dict[str, torch.Tensor]:
     """The exported EMA weights of a run, or the raw weights of one of its checkpoints."""
     run = workdir / "runs" / name
-    return load_file(
-        run / "checkpoints" / checkpoint / "model.safetensors" if checkpoint else run / "model" / "model.safetensors"
-    )
+    folder = run / "checkpoints" / checkpoint / "tokenizer" if checkpoint else run / "model"
+    return load_file(folder / WEIGHTS)
 
 
 def test_a_run_folder_holds_everything_and_the_model_reloads(workdir):
@@ -71,14 +73,22 @@ def test_a_run_folder_holds_everything_and_the_model_reloads(workdir):
     assert [r["step"] for r in records if "total" in r] == [1, 2, 3, 4, 5, 6]
     assert {"psnr", "codebook_usage", "perplexity"} <= set(records[-1])
     assert (run / "grids" / "reconstruction_00000006.png").stat().st_size > 0
-    tokenizer = load_tokenizer(run / "model")
+    # The exported model and every checkpoint's models load with diffusers' from_pretrained.
+    tokenizer = Tokenizer.from_pretrained(run / "model")
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert tokenizer.encode(images).shape == (2, 16, 16)
     assert tokenizer.decode(tokenizer.encode(images)).shape == images.shape
+    checkpoint = run / "checkpoints" / "step_00000006"
+    exported = tokenizer.state_dict()
+    averaged = Tokenizer.from_pretrained(checkpoint / "tokenizer_ema").state_dict()
+    assert all(torch.equal(averaged[key], exported[key]) for key in exported)  # the export is the EMA
+    raw = Tokenizer.from_pretrained(checkpoint / "tokenizer").state_dict()
+    assert not all(torch.equal(raw[key], exported[key]) for key in exported)
 
     evaluation = genkit(workdir, "eval-tokenizer", "runs/tiny")
     assert evaluation.returncode == 0, evaluation.stderr
-    assert evaluation.stdout.splitlines()[0].split() == ["model", "PSNR", "dB", "usage", "perplexity", "images/s"]
+    header = ["model", "codebook_size", "psnr", "ssim", "codebook_usage", "perplexity", "images_per_second"]
+    assert evaluation.stdout.splitlines()[0].split() == header
     assert (run / "eval.json").exists()
     assert f"W&B offline run: runs/tiny/wandb/{offline_run.name}" in evaluation.stdout
 
@@ -125,7 +135,7 @@ def test_two_processes_train_on_a_folder_with_broken_files_and_report_the_skips(
     assert result.returncode == 0, result.stderr[-3000:]
     run = workdir / "runs" / "folder"
     assert yaml.safe_load((run / "runtime.json").read_text())["num_processes"] == 2
-    assert (run / "model" / "model.safetensors").is_file()
+    assert (run / "model" / WEIGHTS).is_file()
     assert result.stderr.count("unreadable image(s)") == 1, result.stderr
     assert "skipped 3 unreadable image(s) of 31 in the train split" in result.stderr
 
@@ -142,8 +152,8 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(workdir)
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    assert "stopped by signal" in stdout + stderr
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "genkit: stopped by signal at step" in stderr.splitlines()[-1]
     (checkpoint,) = (workdir / "runs" / "cut" / "checkpoints").iterdir()
     assert 3 <= int(checkpoint.name.removeprefix("step_")) < 40
     assert not (workdir / "runs" / "cut" / "model").exists()
@@ -170,7 +180,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 def test_a_corrupt_checkpoint_is_a_clear_error(workdir):
     assert genkit(workdir, "train", "tiny.yaml").returncode == 0
-    weights = workdir / "runs" / "tiny" / "checkpoints" / "step_00000006" / "model.safetensors"
+    weights = workdir / "runs" / "tiny" / "checkpoints" / "step_00000006" / "tokenizer" / WEIGHTS
     weights.write_bytes(weights.read_bytes()[:100])
     message = one_line_error(genkit(workdir, "train", "tiny.yaml", "train.steps=9", "train.resume=latest"))
     assert "step_00000006 is unreadable" in message

@@ -116,14 +116,19 @@ def test_path_target_is_the_time_derivative_of_the_interpolation(path):
     torch.testing.assert_close(derivative, path.target(x0, x1, t))
 
 
-def test_path_ends_and_priors():
+def test_path_ends_starts_schedules_and_data_maps():
     rectified, edm = RectifiedPath(), EDMPath()
     x0, x1 = torch.randn(2, 3, 5, dtype=torch.float64)
     ones = torch.ones(3, dtype=torch.float64)
     torch.testing.assert_close(rectified.interpolate(x0, x1, 0 * ones), x0)
     torch.testing.assert_close(rectified.interpolate(x0, x1, ones), x1)
     assert (rectified.t_start, rectified.t_end, edm.t_start, edm.t_end) == (0.0, 1.0, 80.0, 0.002)
-    prior = edm.prior((20_000, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert prior.std().item() == pytest.approx(80.0, rel=0.01)
-    first, second = (rectified.prior((3, 4), generator=torch.Generator().manual_seed(1)) for _ in range(2))
-    assert torch.equal(first, second)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    assert torch.equal(rectified.start(z), z) and torch.equal(edm.start(z), 80 * z)
+    # Schedules span the path's time from its start to its end.
+    assert edm.timesteps("karras", 4)[[0, -1]].tolist() == pytest.approx([80.0, 0.002])
+    assert rectified.timesteps("uniform", 3).tolist() == [0.0, 0.5, 1.0]
+    # A rectified field seen in EDM form ends at x~ = x1 (1 + sigma_min); its data map undoes that.
+    seen = EDMPath(data_scale=1 / 1.002)
+    torch.testing.assert_close(seen.to_data(x1 * 1.002), x1)
+    assert torch.equal(edm.to_data(x1), x1) and torch.equal(rectified.to_data(x1), x1)

@@ -1,4 +1,4 @@
-"""VectorQuantizer against float64 brute force, hand-computed EMA updates and a 2-process run (ALGORITHMS 3, 8)."""
+"""VectorQuantizer against float64 brute force, hand-computed EMA updates and a 2-process run (docs/vq.md)."""
 
 import numpy as np
 import pytest
@@ -112,7 +112,7 @@ def test_usage_fraction_and_perplexity():
     # p = (1/2, 1/4, 1/4, 0): entropy 1.5 ln 2, perplexity 2^1.5.
     skewed = codebook_usage(torch.tensor([[0, 0], [1, 2]]), 4)
     assert skewed.fraction_used == 0.75 and skewed.perplexity == pytest.approx(2**1.5)
-    random = VectorQuantizer(32, 2).usage(torch.randint(0, 32, (100,), generator=torch.Generator().manual_seed(0)))
+    random = codebook_usage(torch.randint(0, 32, (100,), generator=torch.Generator().manual_seed(0)), 32)
     assert 1 <= random.perplexity <= 32
     with pytest.raises(ValueError, match="in \\[0, 4\\)"):
         codebook_usage(torch.tensor([0, 4]), 4)
@@ -132,14 +132,14 @@ def test_dead_code_restart_revives_unused_codes(ema):
     else:
         vq.codebook.data.copy_(far)
     data = randn(256, 2, seed=2)
-    assert vq.usage(vq.eval()(data)[1]).fraction_used == 1 / 32
+    assert codebook_usage(vq.eval()(data)[1], 32).fraction_used == 1 / 32
     vq.train()
     vq(data)  # unused codes decay from 1 to 0.5 < 0.6
     assert (vq.cluster_size < 0.6).sum() == 31
     _, indices, _ = vq(randn(256, 2, seed=3))  # restart, then lookup
-    assert vq.usage(indices).fraction_used == 1.0
+    assert codebook_usage(indices, 32).fraction_used == 1.0
     assert (vq.codebook.detach().abs() < 10).all()
-    assert vq.usage(vq.eval()(data)[1]).fraction_used > 0.9
+    assert codebook_usage(vq.eval()(data)[1], 32).fraction_used > 0.9
 
 
 def test_no_restart_without_threshold_or_in_eval():

@@ -1,4 +1,4 @@
-"""Finite Scalar Quantization (Mentzer et al. 2023): bound each channel, round it, rescale to [-1, 1] (ALGORITHMS 2).
+"""Finite Scalar Quantization (Mentzer et al. 2023): bound each channel, round it, rescale to [-1, 1] (docs/fsq.md).
 
 The codebook is implicit, the Cartesian product of the per-channel level sets; there is no codebook
 parameter and no auxiliary loss. A code is handled through its per-channel digits k_i in {0..L_i-1}:
@@ -13,9 +13,8 @@ from torch import Tensor, nn
 
 from tokenizers_img.layout import channels_last, like_input, require_channels
 from tokenizers_img.precision import at_least_float32
-from tokenizers_img.usage import CodebookUsage, codebook_usage
 
-# Paper Table 1 (ALGORITHMS 2.2): target codebook size -> levels.
+# Paper Table 1 (docs/fsq.md §2): target codebook size -> levels.
 LEVELS_FOR_CODEBOOK_SIZE = {
     2**8: (8, 6, 5),
     2**10: (8, 5, 5, 5),
@@ -79,7 +78,7 @@ class FSQ(nn.Module):
 
     @classmethod
     def from_codebook_size(cls, size: int, **kwargs) -> "FSQ":
-        """FSQ with the paper's recommended levels for a codebook of about `size` codes (ALGORITHMS 2.2)."""
+        """FSQ with the paper's recommended levels for a codebook of about `size` codes (docs/fsq.md §2)."""
         if size not in LEVELS_FOR_CODEBOOK_SIZE:
             supported = ", ".join(f"2^{int(math.log2(s))}={s}" for s in LEVELS_FOR_CODEBOOK_SIZE)
             raise ValueError(f"no recommended FSQ levels for codebook size {size}; choose one of {supported}")
@@ -90,13 +89,8 @@ class FSQ(nn.Module):
         """|C| = prod_i L_i codes per codebook."""
         return math.prod(int(level) for level in self.levels)
 
-    @property
-    def implicit_codebook(self) -> Tensor:
-        """Every code, [codebook_size, len(levels)], row i the code of index i."""
-        return self.indices_to_codes(torch.arange(self.codebook_size, device=self.basis.device))
-
     def bound(self, z: Tensor) -> Tensor:
-        """f(z) = tanh(z + shift) half_l - offset: the reference bound, f(0) = 0 exactly (ALGORITHMS 2.1).
+        """f(z) = tanh(z + shift) half_l - offset: the reference bound, f(0) = 0 exactly (docs/fsq.md §1.1).
 
         half_l = (L-1)(1+eps)/2, offset = 0.5 for even L else 0, shift = atanh(offset / half_l); f's range
         (-half_l - offset, half_l - offset) rounds onto the integers {-floor(L/2), ..., ceil(L/2) - 1}.
@@ -135,10 +129,6 @@ class FSQ(nn.Module):
         latents = self.indices_to_codes(indices).flatten(-2)
         return latents if self.project_out is None else self.project_out(latents)
 
-    def usage(self, indices: Tensor) -> CodebookUsage:
-        """Fraction of the implicit codebook used and perplexity of the indices."""
-        return codebook_usage(indices, self.codebook_size)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(quantized in x's layout and dtype, indices [x's shape without channels (, num_codebooks)], 0)."""
         require_channels(x, self.dim, "FSQ")
@@ -146,7 +136,7 @@ class FSQ(nn.Module):
         if self.project_in is not None:
             z = self.project_in(z)
         z = z.unflatten(-1, (self.num_codebooks, len(self.levels)))
-        # Rounding in bf16/fp16 can land in the wrong bin (ALGORITHMS 2.5): quantize in fp32 whatever autocast says.
+        # Rounding in bf16/fp16 can land in the wrong bin (docs/fsq.md §4): quantize in fp32 whatever autocast says.
         with torch.autocast(device_type=z.device.type, enabled=False):
             codes = self.quantize(at_least_float32(z))
             indices = self.codes_to_indices(codes)

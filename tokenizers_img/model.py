@@ -1,6 +1,8 @@
 """The image tokenizer: diffusers Encoder -> quantizer -> diffusers Decoder, images in [-1, 1] <-> integer tokens."""
 
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import Tensor, nn
 
@@ -19,12 +21,14 @@ def build_quantizer(latent_dim: int, kind: str, **options) -> nn.Module:
     return QUANTIZERS[kind](dim=latent_dim, **options)
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(ModelMixin, ConfigMixin):
     """Encoder (downsampling 2^(len(channels) - 1)) -> quantizer on latent_dim channels -> decoder.
 
-    `config` holds every constructor argument, so `Tokenizer(**tokenizer.config)` rebuilds the architecture.
+    A diffusers model: `save_pretrained(folder)` writes config.json and safetensors weights, which
+    `Tokenizer.from_pretrained(folder)` loads (also from the Hub), and `Tokenizer.from_config(config)` rebuilds it.
     """
 
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
@@ -33,23 +37,14 @@ class Tokenizer(nn.Module):
         latent_dim: int = 4,
         norm_groups: int = 8,
         mid_attention: bool = False,
-        quantizer: dict | None = None,
+        quantizer_config: dict | None = None,
         loss: str = "l1",
     ):
         super().__init__()
-        quantizer = dict(quantizer or {"kind": "fsq", "levels": [8, 5, 5, 5]})
+        quantizer_config = dict(quantizer_config or {"kind": "fsq", "levels": [8, 5, 5, 5]})
+        self.register_to_config(quantizer_config=quantizer_config)  # the quantizer in config.json, default or not
         if loss not in LOSSES:
             raise ValueError(f"unknown reconstruction loss {loss!r}; choose one of: {', '.join(LOSSES)}")
-        self.config = {
-            "in_channels": in_channels,
-            "channels": list(channels),
-            "layers_per_block": layers_per_block,
-            "latent_dim": latent_dim,
-            "norm_groups": norm_groups,
-            "mid_attention": mid_attention,
-            "quantizer": quantizer,
-            "loss": loss,
-        }
         blocks = len(channels)
         self.encoder = Encoder(
             in_channels=in_channels,
@@ -61,7 +56,7 @@ class Tokenizer(nn.Module):
             double_z=False,
             mid_block_add_attention=mid_attention,
         )
-        self.quantizer = build_quantizer(latent_dim, **quantizer)
+        self.quantizer = build_quantizer(latent_dim, **quantizer_config)
         self.decoder = Decoder(
             in_channels=latent_dim,
             out_channels=in_channels,
@@ -75,7 +70,7 @@ class Tokenizer(nn.Module):
 
     @property
     def downsampling(self) -> int:
-        return 2 ** (len(self.config["channels"]) - 1)
+        return 2 ** (len(self.config.channels) - 1)
 
     @property
     def codebook_size(self) -> int:

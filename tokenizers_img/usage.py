@@ -1,4 +1,4 @@
-"""How much of a codebook a set of indices uses: fraction of codes used and perplexity (ALGORITHMS 3.5)."""
+"""How much of a codebook a set of indices uses: fraction of codes used and perplexity (docs/vq.md §5)."""
 
 from dataclasses import dataclass
 

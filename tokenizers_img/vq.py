@@ -1,6 +1,6 @@
 """Vector quantization (VQ-VAE, van den Oord et al. 2017) with an optional EMA codebook and dead-code restarts.
 
-Formulas in ALGORITHMS 3. Under torch.distributed every statistic that changes the codebook is taken over the
+Formulas in docs/vq.md. Under torch.distributed every statistic that changes the codebook is taken over the
 global batch, so all ranks hold the same codebook, equal to one process's that saw the whole batch (rank 0's
 samples first). That needs every rank to start from the same state (DDP broadcasts it) and, in training, to call
 forward together with batches of the same shape.
@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from tokenizers_img.layout import channels_last, like_input, require_channels
 from tokenizers_img.precision import at_least_float32
-from tokenizers_img.usage import CodebookUsage, codebook_usage
 
 
 def world_size() -> int:
@@ -98,10 +97,6 @@ class VectorQuantizer(nn.Module):
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """What forward returns for these indices, channels-last (..., dim): the codes e_k."""
         return self.codes()[indices]
-
-    def usage(self, indices: Tensor) -> CodebookUsage:
-        """Fraction of the codebook used and perplexity of the indices."""
-        return codebook_usage(indices, self.codebook_size)
 
     @torch.no_grad()
     def restart_dead_codes(self, z_e: Tensor) -> None:

@@ -8,7 +8,7 @@ from genkit.errors import GenkitError
 from genkit.nets.mlp import TimeMLP
 from genkit.nets.unet import UNetVelocity
 
-VELOCITY_NETS = {"mlp": TimeMLP, "unet": UNetVelocity}
+VELOCITY_NETS = {"mlp": TimeMLP, "unet": UNetVelocity.build}
 
 __all__ = ["VELOCITY_NETS", "TimeMLP", "UNetVelocity", "build_velocity_net"]
 
@@ -17,8 +17,8 @@ def build_velocity_net(kind: str, **config) -> nn.Module:
     """VELOCITY_NETS[kind](**config); an unknown kind, an unknown or a missing argument is a GenkitError."""
     if kind not in VELOCITY_NETS:
         raise GenkitError(f"unknown velocity net kind {kind!r}; choose one of {', '.join(VELOCITY_NETS)}")
-    net_class = VELOCITY_NETS[kind]
-    parameters = inspect.signature(net_class).parameters
+    build = VELOCITY_NETS[kind]
+    parameters = inspect.signature(build).parameters
     unknown = sorted(set(config) - set(parameters))
     if unknown:
         raise GenkitError(
@@ -29,4 +29,4 @@ def build_velocity_net(kind: str, **config) -> nn.Module:
     ]
     if missing:
         raise GenkitError(f"velocity net {kind!r} needs {', '.join(missing)}; add it to the model config")
-    return net_class(**config)
+    return build(**config)

@@ -1,5 +1,12 @@
-"""A rectified-flow velocity for images: a diffusers UNet2DModel fed 999 t, as the RectifiedFlow reference does."""
+"""A rectified-flow velocity for images: a diffusers UNet2DModel fed 999 t, as the RectifiedFlow reference does.
 
+The network is a plain UNet2DModel: `save_pretrained` writes its diffusers folder, which diffusers loads without
+genkit, and `UNetVelocity.from_pretrained` wraps such a folder again.
+"""
+
+from pathlib import Path
+
+import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
@@ -10,24 +17,28 @@ TIME_SCALE = 999
 
 
 class UNetVelocity(nn.Module):
-    """v(x, t) = UNet2DModel(x, 999 t).sample for x [B, C, H, W] and t [B] in [0, 1].
+    """v(x, t) = unet(x, 999 t).sample for x [B, C, H, W] and t [B] in [0, 1]."""
 
-    One down/up block per entry of block_channels, halving the resolution between them; attention=True makes the
-    lowest-resolution blocks AttnDownBlock2D/AttnUpBlock2D and gives the middle block (also at that resolution) its
-    self-attention. Parameters of the defaults: 635,427 for channels=3 (702,499 with attention), 634,273 for 1.
-    `config` holds every constructor argument, so `UNetVelocity(**unet.config)` rebuilds the architecture.
-    """
+    def __init__(self, unet: UNet2DModel):
+        super().__init__()
+        self.unet = unet
 
-    def __init__(
-        self,
+    @classmethod
+    def build(
+        cls,
         channels: int,
         image_size: int,
         block_channels: tuple[int, ...] | list[int] = (32, 64),
         layers_per_block: int = 1,
         norm_groups: int = 8,
         attention: bool = False,
-    ):
-        super().__init__()
+    ) -> "UNetVelocity":
+        """An untrained U-Net with one down/up block per entry of block_channels, halving the resolution between them.
+
+        attention=True makes the lowest-resolution blocks AttnDownBlock2D/AttnUpBlock2D and gives the middle block
+        (also at that resolution) its self-attention. Parameters of the defaults: 635,427 for channels=3 (702,499 with
+        attention), 634,273 for 1.
+        """
         downsamples = len(block_channels) - 1
         if image_size % 2**downsamples:
             raise GenkitError(
@@ -38,26 +49,29 @@ class UNetVelocity(nn.Module):
             raise GenkitError(
                 f"every entry of block_channels {list(block_channels)} must be divisible by norm_groups={norm_groups}"
             )
-        self.config = {
-            "channels": channels,
-            "image_size": image_size,
-            "block_channels": list(block_channels),
-            "layers_per_block": layers_per_block,
-            "norm_groups": norm_groups,
-            "attention": attention,
-        }
         lowest_down, lowest_up = ("AttnDownBlock2D", "AttnUpBlock2D") if attention else ("DownBlock2D", "UpBlock2D")
-        self.unet = UNet2DModel(
-            sample_size=image_size,
-            in_channels=channels,
-            out_channels=channels,
-            block_out_channels=tuple(block_channels),
-            layers_per_block=layers_per_block,
-            norm_num_groups=norm_groups,
-            down_block_types=("DownBlock2D",) * downsamples + (lowest_down,),
-            up_block_types=(lowest_up,) + ("UpBlock2D",) * downsamples,
-            add_attention=attention,
+        return cls(
+            UNet2DModel(
+                sample_size=image_size,
+                in_channels=channels,
+                out_channels=channels,
+                block_out_channels=tuple(block_channels),
+                layers_per_block=layers_per_block,
+                norm_num_groups=norm_groups,
+                down_block_types=("DownBlock2D",) * downsamples + (lowest_down,),
+                up_block_types=(lowest_up,) + ("UpBlock2D",) * downsamples,
+                add_attention=attention,
+            )
         )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> "UNetVelocity":
+        """The U-Net of a diffusers UNet2DModel folder (or Hub id) as a velocity, in eval mode."""
+        return cls(UNet2DModel.from_pretrained(folder, torch_dtype=torch_dtype)).eval()
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """The U-Net's diffusers folder: config.json and safetensors weights."""
+        self.unet.save_pretrained(folder)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.unet(x, TIME_SCALE * t).sample

@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit.checkpoint import load_weights, save_weights
-from genkit.config import check_choice, config_dict, ranged, register_task
+from genkit.checkpoint import save_pretrained
+from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import sliced_wasserstein, straightness
+from genkit.models import load_velocity_model
 from genkit.nets import VELOCITY_NETS, build_velocity_net
 from genkit.paths import RectifiedPath
-from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
+from genkit.train.config import OptimizerConfig, TrainConfig
+from genkit.train.loop import Loop, StepContext
 from genkit.train.pairs import PairDataset
 from samplers import euler, uniform
 from tokenizers_img.precision import at_least_float32
@@ -91,12 +93,11 @@ class FlowConfig:
 
 @register_task("flow")
 @dataclass
-class FlowRunConfig:
+class FlowRunConfig(RunConfig):
     """A rectified-flow training run in `runs/<name>/`; its `model/` folder is a velocity model for `genkit sample`."""
 
     task: str = "flow"
     name: str = "flow"
-    output_dir: str = "runs"
     eval_samples: int = ranged(512, minimum=1)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="gmm"))
     model: VelocityNetConfig = field(default_factory=VelocityNetConfig)
@@ -106,22 +107,6 @@ class FlowRunConfig:
 
     def __post_init__(self):
         self.model.check_data(self.data)
-
-
-def save_velocity_model(model: nn.Module, folder: Path, kind: str) -> None:
-    """safetensors weights + config.json naming the network kind."""
-    save_weights(folder, model.state_dict(), {"kind": kind, **model.config})
-
-
-def load_velocity_model(folder: Path) -> nn.Module:
-    """A velocity model saved by a flow run (its `model/` folder), in eval mode."""
-    state, config = load_weights(folder)
-    kind = config.pop("kind", None)
-    if kind not in VELOCITY_NETS:
-        raise GenkitError(f"{folder} does not hold a velocity model (kind={kind!r})")
-    model = build_velocity_net(kind, **config)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def sample_time(batch: int, how: str, device: torch.device) -> Tensor:
@@ -152,7 +137,7 @@ class FlowTrainer:
         velocity = config.model.build(shape)
         if config.flow.init_from:
             velocity.load_state_dict(load_velocity_model(Path(config.flow.init_from)).state_dict())
-        self.kind, self.flow, self.path = config.model.kind, config.flow, RectifiedPath()
+        self.flow, self.path = config.flow, RectifiedPath()
         self.models = {"velocity": velocity}
         self.optimizers = {"velocity": config.optimizer.build(velocity.parameters())}
         self.reference_data = reference_data
@@ -162,32 +147,32 @@ class FlowTrainer:
     def optimizer_steps(self, steps: int) -> dict[str, int]:
         return {"velocity": steps}
 
-    def train_step(self, batch: Tensor | list[Tensor], loop: Loop) -> dict[str, Tensor]:
+    def train_step(self, batch: Tensor | list[Tensor], context: StepContext) -> dict[str, Tensor]:
         x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
         t = sample_time(len(x1), self.flow.time_sampling, x1.device).to(x1.dtype)
         prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t)
         loss = F.mse_loss(at_least_float32(prediction), at_least_float32(self.path.target(x0, x1, t)))
-        loop.update("velocity", loss)
+        context.update("velocity", loss)
         return {"loss": loss}
 
-    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
-        model = loop.unwrap("velocity").eval()
-        noise = loop.to_device(self.noise)
-        metrics = evaluate_flow(model, noise, loop.to_device(self.reference_data))
+    def evaluate(self, context: StepContext, step: int) -> dict[str, float]:
+        model = context.unwrap("velocity").eval()
+        noise = context.to_device(self.noise)
+        metrics = evaluate_flow(model, noise, context.to_device(self.reference_data))
         if noise.ndim == 4:
             shown = noise[:32]
-            loop.log.log_images("samples_1step", euler(model, shown, uniform(2)), step)
-            loop.log.log_images("samples_32step", euler(model, shown, uniform(33)), step)
+            context.log_images("samples_1step", euler(model, shown, uniform(2)), step)
+            context.log_images("samples_32step", euler(model, shown, uniform(33)), step)
         model.train()
         return metrics
 
-    def export(self, loop: Loop, folder: Path) -> None:
-        save_velocity_model(loop.unwrap("velocity"), folder, self.kind)
+    def export(self, context: StepContext, folder: Path) -> None:
+        save_pretrained(context.unwrap("velocity"), folder)
 
 
 def train(config: FlowRunConfig) -> dict[str, float]:
     """Train a rectified flow as `config` says; returns the last evaluation's metrics."""
-    loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
+    loop = Loop(config.train, config.run_dir, config_dict(config))
     dataset = PairDataset(Path(config.flow.pairs)) if config.flow.pairs else build_dataset(config.data, "train")
     trainer = FlowTrainer(config, data_shape(config.data), validation_samples(config.data, config.eval_samples))
     return loop.run(trainer, dataset)

@@ -1,4 +1,4 @@
-"""GANs as particle ODEs (ALGORITHMS 5-6): MonoFlow and WGAN-GP (original or ReFlow-derived) through the shared loop.
+"""GANs as particle ODEs (docs/gans_as_odes.md): MonoFlow and WGAN-GP (original or ReFlow-derived) through the loop.
 
 The critic defines a field on sample space: grad_x h(d(x)) for MonoFlow's logistic discriminator (d estimates
 log p/q) and grad_x D(x) for a Wasserstein critic. A generator update is one small Euler step of its samples along
@@ -20,18 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit.checkpoint import load_weights, save_weights
-from genkit.config import check_choice, config_dict, ranged, register_task
+from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.metrics import energy_distance, sliced_wasserstein
-from genkit.nets.gan import CRITICS, GENERATORS
-from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
-from genkit.velocity import GradientField
+from genkit.models import save_gan
+from genkit.nets.gan import CRITICS, GENERATORS, MONOTONE, CriticPotential
+from genkit.train.config import OptimizerConfig, TrainConfig
+from genkit.train.loop import Loop, StepContext
 from tokenizers_img.precision import at_least_float32
 
 METHODS = ("monoflow", "wgan_gp", "wgan_reflow")
-MONOTONE = ("logit", "non_saturating", "minimax", "arcsinh")
 FORMS = ("loss", "particle")
 NET_KINDS = ("mlp", "dcgan")
 # Per method: critic updates per generator update, penalty weight, and the reference optimisers (critic, generator).
@@ -40,17 +39,6 @@ DEFAULTS = {
     "wgan_gp": (5, 10.0, OptimizerConfig(lr=1e-4, betas=[0.0, 0.9]), OptimizerConfig(lr=1e-4, betas=[0.0, 0.9])),
     "wgan_reflow": (5, 0.5, OptimizerConfig(lr=1e-4, betas=[0.0, 0.9]), OptimizerConfig(lr=1e-4, betas=[0.0, 0.9])),
 }
-
-
-def monotone(h: str, d: Tensor, shift: float = 0.0) -> Tensor:
-    """h(d) for MonoFlow: logit d, non_saturating log sigmoid(d), minimax softplus(d + shift), arcsinh asinh(d)."""
-    if h == "logit":
-        return d
-    if h == "non_saturating":
-        return F.logsigmoid(d)
-    if h == "minimax":
-        return F.softplus(d + shift)
-    return torch.asinh(d)
 
 
 def float32_output(critic: nn.Module, x: Tensor) -> Tensor:
@@ -130,21 +118,19 @@ class GanConfig:
             penalty_weight=weight if self.penalty_weight is None else self.penalty_weight,
         )
 
-    def potential(self, critic_output: Tensor) -> Tensor:
+    @property
+    def potential(self) -> CriticPotential:
         """What the generator climbs: h(d) for MonoFlow, D itself for a Wasserstein critic."""
-        if self.method == "monoflow":
-            return monotone(self.h, critic_output, self.logit_shift)
-        return critic_output
+        return CriticPotential(self.method, self.h, self.logit_shift)
 
 
 @register_task("gan")
 @dataclass
-class GanRunConfig:
-    """A GAN training run in runs/<name>/; its model/ folder holds generator/ and critic/."""
+class GanRunConfig(RunConfig):
+    """A GAN training run in runs/<name>/; its model/ folder holds generator/, critic/ and gan.json."""
 
     task: str = "gan"
     name: str = "gan"
-    output_dir: str = "runs"
     eval_samples: int = ranged(2000, minimum=1)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(source="8gaussians"))
     model: GanNetConfig = dataclasses.field(default_factory=GanNetConfig)
@@ -198,19 +184,19 @@ class GanTrainer:
         torch_generator = torch.Generator().manual_seed(config.train.seed + 2)
         self.eval_noise = torch.randn(len(reference_data), config.model.latent_dim, generator=torch_generator)
 
-    def draws(self, loop: Loop, local: int) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's slice of (critic z, penalty t, generator z) for the global micro-batch at loop.position."""
-        world, rank = loop.accelerator.num_processes, loop.accelerator.process_index
-        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + loop.position)
+    def draws(self, context: StepContext, local: int) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's slice of (critic z, penalty t, generator z) for the global micro-batch at the position."""
+        world, rank = context.num_processes, context.process_index
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + context.position)
         total, latent = local * world, self.config.model.latent_dim
         draws = (
             torch.randn(total, latent, generator=generator),
             torch.rand(total, generator=generator),
             torch.randn(total, latent, generator=generator),
         )
-        return tuple(loop.to_device(d[rank * local : (rank + 1) * local]) for d in draws)
+        return tuple(context.to_device(d[rank * local : (rank + 1) * local]) for d in draws)
 
-    def critic_loss(self, loop: Loop, real: Tensor, fake: Tensor, t: Tensor) -> dict[str, Tensor]:
+    def critic_loss(self, context: StepContext, real: Tensor, fake: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Logistic loss (MonoFlow) or E D(fake) - E D(real) + penalty at x_t = t real + (1 - t) fake (WGAN)."""
         critic = self.models["critic"]
         d_real, d_fake = at_least_float32(critic(real)), at_least_float32(critic(fake))
@@ -218,7 +204,7 @@ class GanTrainer:
             return {"critic": logistic_loss(d_real, d_fake)}
         t_x = t.reshape(-1, *[1] * (real.ndim - 1))
         centre = 1.0 if self.gan.method == "wgan_gp" else 0.0
-        penalty = gradient_penalty(loop.unwrap("critic"), t_x * real + (1 - t_x) * fake, centre)
+        penalty = gradient_penalty(context.unwrap("critic"), t_x * real + (1 - t_x) * fake, centre)
         wasserstein = d_real.mean() - d_fake.mean()
         return {
             "critic": self.gan.penalty_weight * penalty - wasserstein,
@@ -230,86 +216,46 @@ class GanTrainer:
         """The critic steps every loop step, the generator at steps n_critic, 2 n_critic, ... below `steps`."""
         return {"critic": steps, "generator": (steps - 1) // self.gan.n_critic}
 
-    def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
-        z_critic, t, z_generator = self.draws(loop, len(batch))
-        step = loop.position // self.config.train.grad_accum_steps
+    def train_step(self, batch: Tensor, context: StepContext) -> dict[str, Tensor]:
+        z_critic, t, z_generator = self.draws(context, len(batch))
+        step = context.position // self.config.train.grad_accum_steps
         losses = {}
         if step >= self.gan.n_critic and step % self.gan.n_critic == 0:
-            critic = loop.unwrap("critic")
+            critic = context.unwrap("critic")
             # The generator's loss must not leave gradients on the critic.
             critic.requires_grad_(False)
-            with loop.accelerator.autocast():
+            with context.autocast():
                 losses["generator"] = generator_loss(self.models["generator"](z_generator), critic, self.gan)
-            loop.update("generator", losses["generator"])
+            context.update("generator", losses["generator"])
             critic.requires_grad_(True)
         with torch.no_grad():
             fake = self.models["generator"](z_critic)
-        losses |= self.critic_loss(loop, batch, fake, t)
-        loop.update("critic", losses["critic"])
+        losses |= self.critic_loss(context, batch, fake, t)
+        context.update("critic", losses["critic"])
         return losses
 
     @torch.no_grad()
-    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
-        generator = loop.unwrap("generator").eval()
-        samples = generator(loop.to_device(self.eval_noise)).float()
+    def evaluate(self, context: StepContext, step: int) -> dict[str, float]:
+        generator = context.unwrap("generator").eval()
+        samples = generator(context.to_device(self.eval_noise)).float()
         generator.train()
         if samples.ndim == 4:
-            loop.log.log_images("samples", samples[:64], step)
+            context.log_images("samples", samples[:64], step)
             return {}
-        reference = self.reference_data.to(loop.device)
+        reference = self.reference_data.to(context.device)
         return {
             "sliced_wasserstein": sliced_wasserstein(samples, reference),
             "energy_distance": energy_distance(samples, reference),
         }
 
-    def export(self, loop: Loop, folder: Path) -> None:
-        save_gan(loop.unwrap("generator"), loop.unwrap("critic"), folder, self.config)
-
-
-def save_gan(generator: nn.Module, critic: nn.Module, folder: Path, config: GanRunConfig) -> None:
-    """folder/generator and folder/critic as safetensors + config.json (the critic's also names its potential)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    kind = config.model.kind
-    save_weights(folder / "generator", generator.state_dict(), {"kind": kind, **generator.config})
-    gan = config_dict(config.gan)
-    save_weights(folder / "critic", critic.state_dict(), {"kind": kind, **critic.config, "gan": gan})
-
-
-def load_gan(folder: Path) -> tuple[nn.Module, nn.Module, GanConfig]:
-    """(generator, critic, gan settings) from a GAN run's model/ folder, in eval mode."""
-    networks = []
-    for name, registry in (("generator", GENERATORS), ("critic", CRITICS)):
-        state, config = load_weights(folder / name)
-        gan = config.pop("gan", None)
-        kind = config.pop("kind", None)
-        if kind not in registry:
-            raise GenkitError(f"{folder / name} does not hold a GAN {name} (kind={kind!r})")
-        try:
-            network = registry[kind](**config)
-            network.load_state_dict(state)
-        except (TypeError, RuntimeError) as error:
-            raise GenkitError(
-                f"{folder / name} does not fit this genkit's {kind} {name} ({error}); retrain it"
-            ) from None
-        networks.append(network.eval())
-    return networks[0], networks[1], GanConfig(**gan)
-
-
-def potential_field(critic: nn.Module, gan: GanConfig) -> GradientField:
-    """A critic as a field on sample space: grad_x h(d(x)) (MonoFlow) or grad_x D(x) (WGAN)."""
-    return GradientField(lambda x: gan.potential(critic(x)))
-
-
-def critic_field(run: Path) -> GradientField:
-    """The critic of a GAN run as a field on sample space (`potential_field` of its saved critic)."""
-    _, critic, gan = load_gan(run / "model")
-    return potential_field(critic, gan)
+    def export(self, context: StepContext, folder: Path) -> None:
+        save_gan(context.unwrap("generator"), context.unwrap("critic"), self.gan.potential, folder)
 
 
 def train(config: GanRunConfig) -> dict[str, float]:
     """Train a GAN as `config` says; returns the last evaluation's metrics."""
     config = config.resolved()
-    loop = Loop(config.train, Path(config.output_dir) / config.name, config_dict(config))
+    loop = Loop(config.train, config.run_dir, config_dict(config))
     shape = data_shape(config.data)
     trainer = GanTrainer(config, shape, validation_samples(config.data, config.eval_samples))
     return loop.run(trainer, build_dataset(config.data, "train"))

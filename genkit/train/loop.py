@@ -1,28 +1,24 @@
-"""The one training loop: accelerate for devices, DDP and mixed precision; EMA, schedules, checkpoints, resume.
+"""The one training loop: accelerate for devices, DDP and mixed precision; EMA, LR schedules, checkpoints, resume.
 
-A trainer plugs in named models and optimizers and a step function:
+A trainer plugs in named models and optimizers and a step function, and sees the loop only through a StepContext:
 
     class Trainer(Protocol):
         models: dict[str, nn.Module]          # prepared by the loop, replaced by their wrapped versions
         optimizers: dict[str, Optimizer]      # one per model it updates, same names
         ema_model: str | None                 # name of the model whose EMA weights are kept
-        def optimizer_steps(self, steps) -> dict[str, int]       # how often each optimizer steps in `steps` loop steps
-        def train_step(self, batch, loop) -> dict[str, Tensor]   # calls loop.update(name, loss) per optimizer
-        def evaluate(self, loop, step) -> dict[str, float]       # on every process, under EMA weights
-        def export(self, loop, folder) -> None                   # user-facing weights, main process
+        def optimizer_steps(self, steps) -> dict[str, int]        # how often each optimizer steps in `steps` steps
+        def train_step(self, batch, context) -> dict[str, Tensor]  # calls context.update(name, loss) per optimizer
+        def evaluate(self, context, step) -> dict[str, float]      # on every process, under EMA weights
+        def export(self, context, folder) -> None                  # user-facing weights, main process
 
-A GAN passes two models and two optimizers and calls `loop.update("critic", ...)` and
-`loop.update("generator", ...)` inside one step; nothing here changes for it.
+A GAN passes two models and two optimizers and calls `context.update("critic", ...)` and
+`context.update("generator", ...)` inside one step; nothing here changes for it.
 """
 
 import contextlib
-import json
 import os
-import shutil
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,68 +27,61 @@ import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import find_batch_size, recursively_apply, send_to_device, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from genkit.checkpoint import list_checkpoints, resolve_resume, rotate, write_json, write_text
-from genkit.config import check_choice, flat_config, ranged
-from genkit.errors import GenkitError
-from genkit.tracking import TRACKERS, RunLog
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-
-
-@dataclass
-class OptimizerConfig:
-    """AdamW settings for one model."""
-
-    lr: float = ranged(2e-4, above=0)
-    betas: list[float] = ranged(lambda: [0.9, 0.99], minimum=0, below=1)
-    weight_decay: float = ranged(0.0, minimum=0)
-
-    def build(self, parameters) -> torch.optim.Optimizer:
-        # torch 2.14 refuses betas mixing ints and floats, e.g. (0, 0.9).
-        return torch.optim.AdamW(
-            parameters, lr=self.lr, betas=tuple(float(b) for b in self.betas), weight_decay=self.weight_decay
-        )
+from genkit.checkpoint import write_json, write_text
+from genkit.config import flat_config
+from genkit.errors import GenkitError, TrainingStopped
+from genkit.tracking import RunLog
+from genkit.train.config import LR_SCHEDULES, TrainConfig
+from genkit.train.state import Averaged, Checkpoints
+from genkit.train.stream import StreamSampler
 
 
-@dataclass
-class TrainConfig:
-    """What the loop owns; `batch_size` is the global batch, split across processes and accumulation steps."""
+class StepContext:
+    """What a trainer sees of the loop: device and dtype, the stream position, model updates, image logging."""
 
-    steps: int = ranged(1000, minimum=1)
-    batch_size: int = ranged(64, minimum=1)
-    grad_accum_steps: int = ranged(1, minimum=1)
-    warmup_steps: int = ranged(0, minimum=0)
-    lr_schedule: str = "constant"
-    max_grad_norm: float = ranged(1.0, minimum=0)  # 0: no clipping
-    # None: the launcher's choice (`accelerate launch --mixed_precision`, `accelerate config`), else "no".
-    mixed_precision: str | None = None
-    # Models, batches and draws in float64: runs that must agree across process counts to round-off, reference runs.
-    float64: bool = False
-    ema_decay: float = ranged(0.999, minimum=0, below=1)  # 0: no EMA
-    log_every: int = ranged(10, minimum=1)
-    eval_every: int = ranged(200, minimum=1)
-    checkpoint_every: int = ranged(200, minimum=1)
-    keep_last: int = ranged(2, minimum=1)
-    resume: str | None = None
-    tracker: str = "wandb"
-    num_workers: int = ranged(0, minimum=0)
-    seed: int = ranged(0, minimum=0)
+    def __init__(self, loop: "Loop"):
+        self._loop = loop
 
-    def __post_init__(self):
-        if self.mixed_precision is not None:
-            check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.float64 and self.mixed_precision not in (None, "no"):
-            raise GenkitError(f"train.float64 computes in float64; drop train.mixed_precision={self.mixed_precision}")
-        check_choice("train.lr_schedule", self.lr_schedule, tuple(LR_SCHEDULES))
-        check_choice("train.tracker", self.tracker, TRACKERS)
+    @property
+    def device(self) -> torch.device:
+        return self._loop.accelerator.device
+
+    @property
+    def num_processes(self) -> int:
+        return self._loop.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self._loop.accelerator.process_index
+
+    @property
+    def position(self) -> int:
+        """The micro-batch being trained, counted over the run: keys noise that must not depend on the process count."""
+        return self._loop.position
+
+    def to_device(self, data):
+        """Tensors (or nests of them) on the training device; floating ones in float64 when train.float64."""
+        return self._loop.to_device(data)
+
+    def update(self, name: str, loss: Tensor) -> None:
+        """Backward `loss`; on a synchronising micro-step clip, step the optimizer `name` and its LR schedule."""
+        self._loop.update(name, loss)
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The trainer's model `name` without DDP or mixed-precision wrappers."""
+        return self._loop.accelerator.unwrap_model(self._loop.trainer.models[name])
+
+    def autocast(self):
+        """The mixed-precision autocast context the run uses (a no-op without mixed precision)."""
+        return self._loop.accelerator.autocast()
+
+    def log_images(self, name: str, images: Tensor, step: int, nrow: int = 8) -> Path | None:
+        """A grid of images in [-1, 1] to the trackers and the run's grids/ folder."""
+        return self._loop.log.log_images(name, images, step, nrow)
 
 
 class Trainer(Protocol):
@@ -102,37 +91,11 @@ class Trainer(Protocol):
 
     def optimizer_steps(self, steps: int) -> dict[str, int]: ...
 
-    def train_step(self, batch: Tensor | list[Tensor], loop: "Loop") -> dict[str, Tensor]: ...
+    def train_step(self, batch: Tensor | list[Tensor], context: StepContext) -> dict[str, Tensor]: ...
 
-    def evaluate(self, loop: "Loop", step: int) -> dict[str, float]: ...
+    def evaluate(self, context: StepContext, step: int) -> dict[str, float]: ...
 
-    def export(self, loop: "Loop", folder: Path) -> None: ...
-
-
-class StreamSampler(Sampler[list[int]]):
-    """This process's share of every micro-batch of an endless stream of seeded epoch permutations.
-
-    The global batch at a stream position is the same whatever the process count (rank r takes the r-th
-    contiguous slice), and resuming at a step is starting the stream at that position: no state to save.
-    """
-
-    def __init__(self, size: int, micro_batch: int, rank: int, world: int, seed: int, start: int):
-        self.size, self.micro_batch, self.rank, self.world = size, micro_batch, rank, world
-        self.seed, self.start = seed, start
-        self.local = micro_batch // world
-
-    def _stream(self, position: int) -> Iterator[int]:
-        epoch, offset = divmod(position, self.size)
-        while True:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            yield from order[offset:].tolist()
-            epoch, offset = epoch + 1, 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        stream = self._stream(self.start * self.micro_batch)
-        while True:
-            batch = [next(stream) for _ in range(self.micro_batch)]
-            yield batch[self.rank * self.local : (self.rank + 1) * self.local]
+    def export(self, context: StepContext, folder: Path) -> None: ...
 
 
 class Loop:
@@ -141,7 +104,6 @@ class Loop:
     def __init__(self, config: TrainConfig, run_dir: Path, run_config: dict):
         """`run_config` is the whole resolved config as nested dicts: saved as config.yaml and sent to trackers."""
         self.config, self.run_dir, self.run_config = config, run_dir, run_config
-        self.checkpoint_dir = run_dir / "checkpoints"
         if config.mixed_precision is not None:
             self.mixed_precision_from = "config"
         else:
@@ -166,11 +128,11 @@ class Loop:
                 "mixed precision; launch with --mixed_precision no"
             )
         self.dtype = torch.float64 if config.float64 else None
-        self.ema: EMAModel | None = None
+        self.context = StepContext(self)
+        self.averaged: Averaged | None = None
         self.log: RunLog | None = None
-        # The micro-batch being trained, counted over the run: keys noise that must not depend on the process count.
         self.position = 0
-        self.stop_requested = False
+        self.stop_requested = 0  # the number of the signal that asked to stop; 0 while none did
         if self.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
@@ -206,25 +168,12 @@ class Loop:
         self.schedulers[name].step()
         self.trainer.optimizers[name].zero_grad(set_to_none=True)
 
-    def unwrap(self, name: str) -> nn.Module:
-        """The trainer's model without DDP or mixed-precision wrappers."""
-        return self.accelerator.unwrap_model(self.trainer.models[name])
-
-    @contextlib.contextmanager
     def ema_weights(self):
-        """Temporarily swap the EMA weights into the EMA model (no-op without EMA)."""
-        if self.ema is None:
-            yield
-            return
-        parameters = list(self.unwrap(self.trainer.ema_model).parameters())
-        self.ema.store(parameters)
-        self.ema.copy_to(parameters)
-        try:
-            yield
-        finally:
-            self.ema.restore(parameters)
+        """The EMA weights swapped into the EMA model for the duration (a no-op without EMA)."""
+        return self.averaged.weights() if self.averaged is not None else contextlib.nullcontext()
 
     def _prepare(self, trainer: Trainer) -> None:
+        """Cast, wrap and schedule the trainer's models and optimizers; the EMA and the checkpoints."""
         self.trainer = trainer
         names = list(trainer.models)
         if set(trainer.optimizers) - set(names):
@@ -252,66 +201,14 @@ class Loop:
         trainer.optimizers = dict(zip(opt_names, prepared[len(names) : len(names) + len(opt_names)], strict=True))
         self.schedulers = dict(zip(opt_names, prepared[len(names) + len(opt_names) :], strict=True))
         if self.config.ema_decay > 0 and trainer.ema_model is not None:
-            self.ema = EMAModel(self.unwrap(trainer.ema_model).parameters(), decay=self.config.ema_decay)
-            self.ema.to(self.device)
-
-    def _resume(self) -> int:
-        """Load the checkpoint named by `train.resume`; the step to continue from (0 for a fresh run)."""
-        existing = list_checkpoints(self.checkpoint_dir)
-        if self.config.resume is None:
-            if existing:
-                raise GenkitError(
-                    f"{self.run_dir} already holds checkpoints; continue it with train.resume=latest "
-                    "or start a new run with another name=..."
-                )
-            return 0
-        folder = resolve_resume(self.checkpoint_dir, self.config.resume)
-        if folder is None:
-            return 0
-        try:
-            self.accelerator.load_state(str(folder))
-            state = (folder / "state.json").read_text()
-            if self.ema is not None:
-                ema = load_file(folder / "ema.safetensors")
-                names = [n for n, _ in self.unwrap(self.trainer.ema_model).named_parameters()]
-                for shadow, name in zip(self.ema.shadow_params, names, strict=True):
-                    shadow.copy_(ema[name])
-        except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as error:
-            cause = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise GenkitError(
-                f"checkpoint {folder} is unreadable ({cause}); delete it to resume from the one before, "
-                "or point train.resume at another step_* folder"
-            ) from None
-        saved = json.loads(state)
-        if self.ema is not None:
-            self.ema.optimization_step = saved["ema_step"]
-        return saved["step"]
-
-    def save_checkpoint(self, step: int) -> Path:
-        """All processes write the state under a temporary name; the main process renames and rotates."""
-        final = self.checkpoint_dir / f"step_{step:08d}"
-        temporary = self.checkpoint_dir / f".tmp_step_{step:08d}"
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        if accelerator.is_main_process:
-            if self.ema is not None:
-                names = [n for n, _ in self.unwrap(self.trainer.ema_model).named_parameters()]
-                ema = {n: p.detach().cpu().contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)}
-                save_file(ema, temporary / "ema.safetensors")
-            ema_step = self.ema.optimization_step if self.ema is not None else 0
-            write_json(temporary / "state.json", {"step": step, "ema_step": ema_step})
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            temporary.rename(final)
-            rotate(self.checkpoint_dir, self.config.keep_last)
-        accelerator.wait_for_everyone()
-        return final
+            model = self.context.unwrap(trainer.ema_model)
+            self.averaged = Averaged.of(trainer.ema_model, model, self.config.ema_decay, self.device)
+        self.checkpoints = Checkpoints(
+            self.accelerator, self.run_dir / "checkpoints", names, self.config.keep_last, self.averaged
+        )
 
     def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        self.stop_requested = signum
 
     def _flags(self, losses: dict[str, Tensor]) -> tuple[bool, bool]:
         """(some loss is not finite, a stop was requested) on any process, agreed by all processes."""
@@ -323,12 +220,9 @@ class Loop:
     def _mean(self, losses: dict[str, Tensor]) -> dict[str, float]:
         return {k: self.accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
 
-    def run(self, trainer: Trainer, dataset: Dataset) -> dict[str, float]:
-        """Train to `config.steps`; returns the last evaluation's metrics."""
-        config, accelerator = self.config, self.accelerator
-        micro_batch = self.micro_batch()
-        self._prepare(trainer)
-        step = self._resume()
+    def _start(self, dataset: Dataset, step: int):
+        """Write runtime.json, open the run log and the data stream at `step`; the batch iterator."""
+        config, accelerator, micro_batch = self.config, self.accelerator, self.micro_batch()
         runtime = {
             "num_processes": accelerator.num_processes,
             "per_process_batch": micro_batch // accelerator.num_processes,
@@ -349,35 +243,43 @@ class Loop:
                 + (f", resumed at step {step}" if step else "")
             )
         self.log = RunLog(accelerator, self.run_dir, config.tracker, flat_config(self.run_config), resumed=step > 0)
-        sampler = StreamSampler(
-            len(dataset),
-            micro_batch,
-            accelerator.process_index,
-            accelerator.num_processes,
-            config.seed,
-            start=step * config.grad_accum_steps,
-        )
-        batches = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
+        rank, world = accelerator.process_index, accelerator.num_processes
+        start = step * config.grad_accum_steps
+        sampler = StreamSampler(len(dataset), micro_batch, rank, world, config.seed, start)
         if step == 0:
             # Models are initialised alike on every rank; the noise a trainer draws must differ between ranks.
             set_seed(config.seed + 1, device_specific=True)
+        return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
+
+    def _train_step(self, step: int, batches) -> tuple[dict[str, Tensor], int]:
+        """One optimizer step over grad_accum_steps micro-batches: its losses and the images it saw (all ranks)."""
+        images = 0
+        for micro in range(self.config.grad_accum_steps):
+            self.position = step * self.config.grad_accum_steps + micro
+            batch = self.to_device(next(batches))
+            with self.accelerator.accumulate(*self.trainer.models.values()):
+                losses = self.trainer.train_step(batch, self.context)
+            images += find_batch_size(batch) * self.accelerator.num_processes
+        if self.averaged is not None:
+            self.averaged.step()
+        return losses, images
+
+    def run(self, trainer: Trainer, dataset: Dataset) -> dict[str, float]:
+        """Train to `config.steps`; returns the last evaluation's metrics."""
+        config = self.config
+        self._prepare(trainer)
+        step = self.checkpoints.resume(config.resume, self.run_dir)
+        batches = self._start(dataset, step)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         metrics: dict[str, float] = {}
         progress = tqdm(
-            total=config.steps, initial=step, disable=not accelerator.is_main_process, desc=self.run_dir.name
+            total=config.steps, initial=step, disable=not self.accelerator.is_main_process, desc=self.run_dir.name
         )
         try:
             saved_at, started, images = step, time.perf_counter(), 0
             while step < config.steps:
-                for micro in range(config.grad_accum_steps):
-                    self.position = step * config.grad_accum_steps + micro
-                    batch = self.to_device(next(batches))
-                    with accelerator.accumulate(*trainer.models.values()):
-                        losses = trainer.train_step(batch, self)
-                    images += find_batch_size(batch) * accelerator.num_processes
-                if self.ema is not None:
-                    self.ema.step(self.unwrap(trainer.ema_model).parameters())
-                step += 1
+                losses, seen = self._train_step(step, batches)
+                step, images = step + 1, images + seen
                 progress.update(1)
                 non_finite, stop = self._flags(losses)
                 if non_finite:
@@ -388,22 +290,24 @@ class Loop:
                         f"{last}. Lower the learning rate or use train.mixed_precision=no, then resume."
                     )
                 if step % config.log_every == 0 or step == config.steps:
-                    elapsed = time.perf_counter() - started
                     means = self._mean(losses)
                     lrs = {f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()}
-                    self.log.log({**means, **lrs, "images_per_second": images / elapsed}, step)
+                    throughput = images / (time.perf_counter() - started)
+                    self.log.log({**means, **lrs, "images_per_second": throughput}, step)
                     progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
                 if step % config.eval_every == 0 or step == config.steps:
                     metrics = self.evaluate(step)
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
-                    self.save_checkpoint(step)
+                    self.checkpoints.save(step)
                     saved_at = step
                 if step % config.log_every == 0:
                     # Throughput covers training only: the clock restarts after evaluation and checkpointing.
                     started, images = time.perf_counter(), 0
                 if stop:
-                    progress.write(f"stopped by signal at step {step}; resume with train.resume=latest")
-                    break
+                    raise TrainingStopped(
+                        f"stopped by signal at step {step}; resume with train.resume=latest",
+                        int(self.stop_requested or signal.SIGTERM),  # a rank the signal missed stops alike
+                    )
             if step == config.steps:
                 self.export()
         finally:
@@ -416,7 +320,7 @@ class Loop:
     def evaluate(self, step: int) -> dict[str, float]:
         """The trainer's evaluation under EMA weights, logged."""
         with torch.no_grad(), self.ema_weights():
-            metrics = self.trainer.evaluate(self, step)
+            metrics = self.trainer.evaluate(self.context, step)
         self.log.log(metrics, step)
         return metrics
 
@@ -424,5 +328,5 @@ class Loop:
         """The user-facing weights (EMA where kept) to run_dir/model."""
         if self.accelerator.is_main_process:
             with self.ema_weights():
-                self.trainer.export(self, self.run_dir / "model")
+                self.trainer.export(self.context, self.run_dir / "model")
         self.accelerator.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""ReFlow step 1 (ALGORITHMS.md 4.3): couplings (z, x = Z1(z)) from an ODE solve, stored as safetensors shards.
+"""ReFlow step 1 (docs/rectified_flow.md §3): couplings (z, x = Z1(z)) from an ODE solve, stored as safetensors shards.
 
 Shard k holds pairs [k * shard_size, min((k + 1) * shard_size, num_pairs)); its noise comes from a generator
 seeded by (seed, k) alone, so a folder's content does not depend on how many processes wrote it or on how
@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 import samplers
 from genkit.checkpoint import write_json
 from genkit.errors import GenkitError
-from samplers.solvers import Field
+from samplers.field import Field
 
 # As the RectifiedFlow code generates its pairs: scipy RK45 at rtol = atol = 1e-5. Reflow needs an accurate
-# solve; a coarse one bakes solver error into the coupling (ALGORITHMS.md 4.7).
+# solve; a coarse one bakes solver error into the coupling (docs/rectified_flow.md §8).
 REFERENCE_METHOD = "RK45"
 REFERENCE_TOLERANCE = 1e-5
 MANIFEST_NAME = "pairs.json"
@@ -55,7 +55,7 @@ def _solve(field: Field, z: Tensor, solver: str, nfe: int) -> Tensor:
         return samplers.reference(
             field, z, 0.0, 1.0, rtol=REFERENCE_TOLERANCE, atol=REFERENCE_TOLERANCE, method=REFERENCE_METHOD
         )
-    return samplers.sample(field, z, solver, nfe, schedule="uniform")
+    return samplers.solve(field, z, solver, nfe, schedule="uniform")
 
 
 def _read_manifest(folder: Path) -> dict | None:

@@ -14,13 +14,14 @@ import torch
 import yaml
 
 from genkit.checkpoint import write_json
-from genkit.config import config_dict, flat_config, ranged, register_task
+from genkit.config import RunConfig, config_dict, flat_config, ranged, register_task
 from genkit.data import DataConfig, data_shape, validation_samples
 from genkit.errors import GenkitError
+from genkit.models import load_velocity_model
 from genkit.processes import process_state
 from genkit.train import flow
-from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow, load_velocity_model
-from genkit.train.loop import OptimizerConfig, TrainConfig
+from genkit.train.config import OptimizerConfig, TrainConfig
+from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow
 from genkit.train.pairs import check_solver, generate_pairs
 
 
@@ -41,12 +42,11 @@ class PairsConfig:
 
 @register_task("reflow")
 @dataclass
-class ReflowRunConfig:
+class ReflowRunConfig(RunConfig):
     """1-RF for `train.steps`, then `rounds` reflows of `reflow_steps` each, then `distill_steps` at t = 0."""
 
     task: str = "reflow"
     name: str = "reflow"
-    output_dir: str = "runs"
     eval_samples: int = ranged(512, minimum=1)
     rounds: int = ranged(1, minimum=0)
     reflow_steps: int = ranged(1000, minimum=1)
@@ -82,7 +82,7 @@ def training_stage(config: ReflowRunConfig, stage: str, pairs: Path | None, init
     time_sampling = "zero" if stage == "distill" else config.time_sampling
     return FlowRunConfig(
         name=stage,
-        output_dir=str(Path(config.output_dir) / config.name),
+        output_dir=str(config.run_dir),
         eval_samples=config.eval_samples,
         data=config.data,
         model=config.model,
@@ -113,7 +113,7 @@ def check_stage_settings(folder: Path, expected: FlowRunConfig) -> None:
 
 def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
     """Run every unfinished stage; returns each training stage's evaluation (summary.json, redone when a stage ran)."""
-    root = Path(config.output_dir) / config.name
+    root = config.run_dir
     shape = data_shape(config.data)
     state = process_state()
     model, pairs, ran = None, None, False

@@ -1,21 +1,18 @@
-"""Training and evaluating image tokenizers (FSQ or VQ inside a diffusers autoencoder) through the shared loop."""
+"""Training image tokenizers (FSQ or VQ inside a diffusers autoencoder) through the shared loop."""
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
 
-from genkit.checkpoint import load_weights, save_weights, write_json
-from genkit.config import check_choice, config_dict, load_config, ranged, register_task
+from genkit.checkpoint import save_pretrained
+from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
-from genkit.metrics import psnr
-from genkit.tracking import image_grid
-from genkit.train.loop import Loop, OptimizerConfig, TrainConfig
-from tokenizers_img import codebook_usage
+from genkit.metrics import reconstruction_metrics
+from genkit.train.config import OptimizerConfig, TrainConfig
+from genkit.train.loop import Loop, StepContext
 from tokenizers_img.model import LOSSES, QUANTIZERS, Tokenizer
 
 
@@ -72,12 +69,11 @@ class TokenizerModelConfig:
 
 @register_task("tokenizer")
 @dataclass
-class TokenizerRunConfig:
+class TokenizerRunConfig(RunConfig):
     """A tokenizer training run: `runs/<name>/` holds its config, checkpoints, metrics, grids and model."""
 
     task: str = "tokenizer"
     name: str = "tokenizer"
-    output_dir: str = "runs"
     eval_images: int = ranged(64, minimum=1)
     data: DataConfig = field(default_factory=DataConfig)
     model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)
@@ -104,43 +100,19 @@ def build_tokenizer(config: TokenizerModelConfig, in_channels: int) -> Tokenizer
             latent_dim=config.latent_dim,
             norm_groups=config.norm_groups,
             mid_attention=config.mid_attention,
-            quantizer=config.quantizer.options(),
+            quantizer_config=config.quantizer.options(),
             loss=config.loss,
         )
     except ValueError as error:
         raise GenkitError(f"bad model config: {error}") from None
 
 
-def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
-    """safetensors weights + config.json: a folder another user can load with `load_tokenizer`."""
-    save_weights(folder, tokenizer.state_dict(), {"kind": "tokenizer", **tokenizer.config})
-
-
-def load_tokenizer(folder: Path) -> Tokenizer:
-    """The tokenizer saved in `folder` (a run's `model/` folder), in eval mode."""
-    state, config = load_weights(folder)
-    if config.pop("kind", None) != "tokenizer":
-        raise GenkitError(f"{folder} does not hold a tokenizer")
-    tokenizer = Tokenizer(**config)
-    tokenizer.load_state_dict(state)
-    return tokenizer.eval()
-
-
 @torch.no_grad()
-def evaluate_tokenizer(tokenizer: Tokenizer, images: Tensor) -> tuple[dict[str, float], Tensor]:
-    """PSNR of decode(encode(x)), codebook usage and perplexity, images/s; and the reconstructions."""
-    start = time.perf_counter()
+def reconstruct(tokenizer: Tokenizer, images: Tensor) -> tuple[dict[str, float], Tensor]:
+    """decode(encode(images)) and its metrics: PSNR, codebook usage and perplexity."""
     indices = tokenizer.encode(images)
     reconstruction = tokenizer.decode(indices).clamp(-1, 1)
-    seconds = time.perf_counter() - start
-    usage = codebook_usage(indices, tokenizer.codebook_size)
-    metrics = {
-        "psnr": psnr(reconstruction, images),
-        "codebook_usage": usage.fraction_used,
-        "perplexity": usage.perplexity,
-        "images_per_second_eval": len(images) / seconds,
-    }
-    return metrics, reconstruction
+    return reconstruction_metrics(images, reconstruction, indices, tokenizer.codebook_size), reconstruction
 
 
 class TokenizerTrainer:
@@ -157,67 +129,33 @@ class TokenizerTrainer:
     def optimizer_steps(self, steps: int) -> dict[str, int]:
         return {"tokenizer": steps}
 
-    def train_step(self, batch: Tensor, loop: Loop) -> dict[str, Tensor]:
+    def train_step(self, batch: Tensor, context: StepContext) -> dict[str, Tensor]:
         _, losses = self.models["tokenizer"](batch)
-        loop.update("tokenizer", losses["total"])
+        context.update("tokenizer", losses["total"])
         return losses
 
-    def evaluate(self, loop: Loop, step: int) -> dict[str, float]:
-        tokenizer = loop.unwrap("tokenizer")
+    def evaluate(self, context: StepContext, step: int) -> dict[str, float]:
+        tokenizer = context.unwrap("tokenizer")
         tokenizer.eval()
-        images = loop.to_device(self.val_images)
-        metrics, reconstruction = evaluate_tokenizer(tokenizer, images)
+        images = context.to_device(self.val_images)
+        metrics, reconstruction = reconstruct(tokenizer, images)
         tokenizer.train()
         # Originals and reconstructions in alternating rows of up to eight.
         width = min(8, len(images))
         rows = min(4, len(images) // width)
         shown = torch.stack([images[: rows * width], reconstruction[: rows * width]])
-        loop.log.log_images(
+        context.log_images(
             "reconstruction", shown.unflatten(1, (rows, width)).transpose(0, 1).flatten(0, 2), step, width
         )
         return metrics
 
-    def export(self, loop: Loop, folder: Path) -> None:
-        save_tokenizer(loop.unwrap("tokenizer"), folder)
-
-
-def run_dir(config: TokenizerRunConfig) -> Path:
-    return Path(config.output_dir) / config.name
+    def export(self, context: StepContext, folder: Path) -> None:
+        save_pretrained(context.unwrap("tokenizer"), folder)
 
 
 def train(config: TokenizerRunConfig) -> dict[str, float]:
     """Train a tokenizer as `config` says; returns the last evaluation's metrics."""
-    loop = Loop(config.train, run_dir(config), config_dict(config))
+    loop = Loop(config.train, config.run_dir, config_dict(config))
     dataset = build_dataset(config.data, "train")
     trainer = TokenizerTrainer(config, image_channels(config.data), validation_samples(config.data, config.eval_images))
     return loop.run(trainer, dataset)
-
-
-def evaluate_run(folder: Path, count: int | None = None) -> str:
-    """Trained vs untrained tokenizer of a run on its validation images, as a printed table; also eval.json."""
-    config = load_config(folder / "config.yaml")
-    if not isinstance(config, TokenizerRunConfig):
-        raise GenkitError(f"{folder} is not a tokenizer run")
-    images = validation_samples(config.data, config.eval_images if count is None else count)
-    torch.manual_seed(config.train.seed)
-    untrained = build_tokenizer(config.model, image_channels(config.data)).eval()
-    rows = {"untrained": evaluate_tokenizer(untrained, images)[0], "trained": None}
-    trained = load_tokenizer(folder / "model")
-    rows["trained"], reconstruction = evaluate_tokenizer(trained, images)
-    grid = folder / "grids" / "eval_reconstruction.png"
-    grid.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image_grid(torch.cat([images[:16], reconstruction[:16]])).float() / 255, grid)
-    write_json(folder / "eval.json", {"images": len(images), "codebook_size": trained.codebook_size, **rows})
-    lines = [f"{'model':<10}{'PSNR dB':>9}{'usage':>8}{'perplexity':>12}{'images/s':>10}"]
-    for name, m in rows.items():
-        lines.append(
-            f"{name:<10}{m['psnr']:>9.2f}{m['codebook_usage']:>8.1%}{m['perplexity']:>12.1f}"
-            f"{m['images_per_second_eval']:>10.0f}"
-        )
-    wandb_runs = sorted((folder / "wandb").glob("offline-run-*")) if (folder / "wandb").is_dir() else []
-    lines += [
-        f"{len(images)} validation images of {config.data.source}, codebook size {trained.codebook_size}",
-        f"reconstructions: {grid}",
-        f"W&B offline run: {wandb_runs[-1] if wandb_runs else 'none (train.tracker was not wandb)'}",
-    ]
-    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""AMED predictors as saved models: the settings a predictor is tied to, and its refusal for anything else.
+
+A predictor is distilled for one field, one student solver (and plugin base), one schedule of N timestamps, AFS on
+or off and one kind of input features (docs/amed.md §10-11); `PredictorModel` saves it with the id of that field and
+those settings, and `load_predictor` refuses it, naming each mismatch, for any other use.
+"""
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor
+
+from genkit.checkpoint import saved_class
+from genkit.config import check_choice, ranged
+from genkit.errors import GenkitError
+from genkit.paths import EDMPath
+from samplers import SOLVERS, AMEDPredictor
+from samplers.amed import FEATURES, PLUGIN_BASES
+
+STUDENTS = tuple(name for name, spec in SOLVERS.items() if spec.predictor)
+
+
+@dataclass
+class PredictorSettings:
+    """What a predictor is valid for: student solver (and plugin base), N timestamps, schedule, AFS, features."""
+
+    solver: str = "amed"
+    base: str = "ipndm"
+    max_order: int = ranged(4, minimum=1, maximum=4)
+    num_steps: int = ranged(4, minimum=2)
+    schedule: str = "time_uniform"
+    afs: bool = True
+    features: str = "slope"
+    scale_dir: float = ranged(0.01, minimum=0, below=1)
+    scale_time: float = ranged(0.0, minimum=0, below=1)
+
+    def __post_init__(self):
+        check_choice("amed.solver", self.solver, STUDENTS)
+        check_choice("amed.base", self.base, PLUGIN_BASES)
+        check_choice("amed.schedule", self.schedule, EDMPath.schedules)
+        check_choice("amed.features", self.features, FEATURES)
+
+    def timesteps(self, path: EDMPath | None = None, refinement: int = 0) -> Tensor:
+        """The student's N sigmas on `path` (EDM's default range), or with `refinement` more inside each interval."""
+        return (path or EDMPath()).timesteps(self.schedule, (refinement + 1) * (self.num_steps - 1) + 1)
+
+    @property
+    def nfe(self) -> int:
+        """Field evaluations of one sample: 2(N - 1) - [AFS]."""
+        return SOLVERS[self.solver].nfe(self.timesteps(), afs=self.afs)
+
+    @property
+    def multistep(self) -> bool:
+        """Whether the student carries a slope history from interval to interval (the iPNDM and DPM++ plugins)."""
+        return self.solver == "amed_plugin" and SOLVERS[self.base].multistep
+
+    def solver_options(self, predictor: "PredictorModel") -> dict:
+        """Keyword arguments of samplers.amed / amed_plugin for this predictor."""
+        options = {"predictor": predictor, "afs": self.afs}
+        if self.solver == "amed_plugin":
+            options |= {"base": self.base, "max_order": self.max_order}
+        return options
+
+    def tied(self) -> dict:
+        """These settings as a plain dict (what a saved predictor records and must match)."""
+        return {field.name: getattr(self, field.name) for field in fields(PredictorSettings)}
+
+
+class PredictorModel(ModelMixin, ConfigMixin):
+    """An AMEDPredictor (docs/amed.md §5) saved with the id of the field it was distilled for and its settings."""
+
+    @register_to_config
+    def __init__(self, field_id: str = "", settings: dict | None = None):
+        super().__init__()
+        self.tied_settings = PredictorSettings(**(settings or {}))
+        self.register_to_config(settings=self.tied_settings.tied())
+        self.net = AMEDPredictor(
+            features=self.tied_settings.features,
+            scale_dir=self.tied_settings.scale_dir,
+            scale_time=self.tied_settings.scale_time,
+        )
+
+    @property
+    def features(self) -> str:
+        """What the 64 inputs are: "slope" or "bottleneck" (the solvers read it)."""
+        return self.net.features
+
+    def forward(self, features: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.net(features, t, t_next)
+
+
+def load_predictor(folder: Path, field_id: str, settings: PredictorSettings | None = None) -> PredictorModel:
+    """The predictor saved in `folder`, refused (one clear error) unless distilled for this field (and settings)."""
+    folder = Path(folder)
+    if saved_class(folder) != PredictorModel.__name__:
+        raise GenkitError(f"{folder} does not hold an AMED predictor; pass the model/ folder of an AMED distillation")
+    predictor = PredictorModel.from_pretrained(folder)
+    wanted = {"field": field_id} | ({} if settings is None else asdict(settings))
+    have = {"field": predictor.config.field_id} | predictor.tied_settings.tied()
+    changed = [
+        f"{key}: trained for {have[key]!r}, asked for {value!r}"
+        for key, value in wanted.items()
+        if key in have and have[key] != value
+    ]
+    if changed:
+        raise GenkitError(
+            f"the AMED predictor in {folder} does not fit this use ({'; '.join(changed)}); distil one for it"
+        )
+    return predictor.eval()
