@@ -28,10 +28,11 @@ def test_amed_benchmark_quick_run_fills_every_cell():
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_amed.py"), "--quick"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "bench_amed_quick.json").read_text())
     for field in ("mixture", "digits"):
-        for row in ("euler", "dpmpp_2m", "ipndm", "amed", "amed_plugin"):
+        for row in ("euler", "dpmpp_2m", "ipndm", "amed", "amed_plugin(ipndm)"):
             assert all(value is not None for value in result[field]["rmse"][row].values()), (field, row)
-        assert result["mixture"]["rmse"]["heun"]["3"] is None
-    assert set(result["digits"]["bottleneck"]) == {"amed", "amed_plugin"}
+        assert result[field]["rmse"]["heun"]["3"] is None and result[field]["rmse"]["heun"]["4"] is not None
+    assert {"amed[bottleneck]", "amed_plugin(ipndm)[bottleneck]"} <= result["digits"]["rmse"].keys()
+    assert result["digits"]["fd"].keys() == result["digits"]["rmse"].keys()
 
 
 @pytest.mark.slow
@@ -39,17 +40,36 @@ def test_gan_reproduction_quick_run_fills_every_row():
     subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_gans.py"), "--quick"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "reproduce_gans_quick.json").read_text())
     for data in ("8gaussians", "moons"):
-        rows = result["toys"][data]
-        assert {"floor", "init", "monoflow_minimax", "wgan_gp", "wgan_reflow"} <= rows.keys()
+        rows = result[data]
+        methods = [f"monoflow-{h}-{data}" for h in ("minimax", "non_saturating", "logit", "arcsinh")]
+        assert {"floor", "init", *methods, f"wgan-gp-{data}", f"wgan-reflow-{data}"} == rows.keys()
         assert all("refined_0.02" in rows[m] for m in rows if m not in ("floor", "init"))
-    assert result["toys"]["8gaussians"]["floor"]["modes"] == 8
-    assert {"floor", "init", "monoflow_non_saturating", "wgan_gp", "wgan_reflow"} == result["mnist5k"].keys()
+    assert result["8gaussians"]["floor"]["samples"]["modes"] == 8
+    assert {"floor", "init", "monoflow-ns-mnist5k", "wgan-gp-mnist5k", "wgan-reflow-mnist5k"} == result[
+        "mnist5k"
+    ].keys()
+
+
+@pytest.mark.slow
+def test_reflow_reproduction_quick_run_fills_every_stage():
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "reproduce_reflow.py"), "--quick", "--only", "toys"],
+        check=True,
+        cwd=ROOT,
+    )
+    result = json.loads((ROOT / "runs" / "reproduce_reflow_quick.json").read_text())
+    for data in ("8gaussians", "moons", "checkerboard"):
+        stages = result[data]["stages"]
+        assert stages.keys() == {"1-rf", "2-rf", "distill"}
+        for stage in stages.values():
+            assert all(stage[f"sw@{nfe}"] > 0 for nfe in ("1", "2", "4", "ode")) and stage["NFE ode"] > 4
+        assert result[data]["trend"].keys() == {"one step", "solve", "straightness", "ode NFE"}
 
 
 @pytest.mark.slow
 def test_the_gpu_check_passes_on_the_cpu():
     """`make gpu-check`'s checks, run on the CPU with gloo: they stay runnable where no GPU is."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_check.py"), "--device", "cpu"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "gpu_check.json").read_text())
     assert result["device"] == "cpu" and len(result["checks"]) == 7
     assert all(check["passed"] for check in result["checks"]), result["checks"]

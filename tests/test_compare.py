@@ -10,23 +10,24 @@ import yaml
 from launching import genkit, genkit_on_two_ranks, launch_on_two_ranks
 
 from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.generate import initial_noise
 from genkit.metrics import FeatureStatistics
-from samplers import reference, sample
+from genkit.sampling import initial_noise
+from samplers import reference, solve
 
 HERE = Path(__file__).resolve().parent
 CONFIG = {
     "task": "compare",
     "name": "three",
-    "subject": "samplers",
-    "field": {"kind": "mixture", "components": 4, "shape": [8], "seed": 1},
-    "solvers": ["euler", "heun", "dpmpp_2m"],
-    "nfe": [3, 6],
-    "schedules": ["karras"],
     "num_samples": 40,
     "seed": 2,
-    "metrics": ["rmse"],
-    "reference_tolerance": 1e-9,
+    "samplers": {
+        "field": {"kind": "mixture", "components": 4, "shape": [8], "seed": 1},
+        "solvers": ["euler", "heun", "dpmpp_2m"],
+        "nfe": [3, 6],
+        "schedules": ["karras"],
+        "metrics": ["rmse"],
+        "reference_tolerance": 1e-9,
+    },
 }
 
 
@@ -41,7 +42,7 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
     run = tmp_path / "runs" / "three"
     table = json.loads((run / "comparison.json").read_text())
     columns, rows = table["columns"], table["rows"]
-    assert [(r[0], r[3]) for r in rows] == [(s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (3, 6)]
+    assert [(r[1], r[4]) for r in rows] == [(s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (3, 6)]
     field = GaussianMixtureField.random(4, (8,), seed=1, diagonal=True)
     noise = 80 * initial_noise(list(range(40)), (8,), 2).double()
     target = reference(field.edm, noise, 80.0, 0.002, rtol=1e-9, atol=1e-9)
@@ -50,11 +51,11 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
         if cell["method"] == "heun" and cell["nfe"] == 3:
             assert cell["rmse"] is None and cell["nfe_counted"] == 0  # two evaluations a step: 3 is out of reach
             continue
-        out = sample(field.edm, noise, cell["solver"], cell["nfe"], schedule="karras")
+        out = solve(field.edm, noise, cell["solver"], cell["nfe"], schedule="karras")
         assert cell["rmse"] == pytest.approx((out - target).pow(2).mean().sqrt().item(), rel=1e-9)
         assert cell["nfe_counted"] == cell["nfe"] and cell["num_samples"] == 40 and cell["seed"] == 2
-        assert cell["field"].startswith("gmm(") and cell["reference"] == "DOP853 rtol=atol=1e-09"
-    assert (run / "comparison.csv").read_text().splitlines()[0].startswith("method,solver,schedule,nfe,rmse")
+        assert cell["field_id"].startswith("gmm(") and cell["reference"] == "DOP853 rtol=atol=1e-09"
+    assert (run / "comparison.csv").read_text().splitlines()[0].startswith("field,method,solver,schedule,nfe,rmse")
     assert (run / "plots" / "rmse_vs_nfe.png").stat().st_size > 0
     assert len(list((run / "grids").glob("*.png"))) == 5
     media = [p.relative_to(run) for p in (run / "wandb").rglob("media/*/*") if p.is_file()]
@@ -65,12 +66,14 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["solvers=[euler,unipc]"], "solvers='unipc' is not valid"),
-        (["field.kind=flow_run", "field.path=runs/missing"], "holds no trained velocity model"),
-        (["metrics=[rmse,fd]"], "metric fd needs image samples"),
-        (["metrics=[fd]", "extractor=torchscript"], "extractor: torchscript needs extractor_path"),
-        (["metrics=[fd]", "extractor=inception"], "genkit does not download Inception weights"),
-        (["predictors=[runs/none]"], "is not a saved model folder"),
+        (["samplers.solvers=[euler,unipc]"], "samplers.solvers='unipc' is not valid"),
+        (["samplers.field.kind=flow_run", "samplers.field.path=runs/missing"], "holds no trained model"),
+        (["samplers.metrics=[rmse,fd]"], "metric fd needs image samples"),
+        (["samplers.metrics=[fd]", "samplers.extractor=torchscript"], "extractor: torchscript needs extractor_path"),
+        (["samplers.metrics=[fd]", "samplers.extractor=inception"], "genkit does not download Inception weights"),
+        (["samplers.predictors=[runs/none]"], "does not hold an AMED predictor"),
+        (["samplers.schedules=[uniform]"], "dpmpp_2m works in sigma space; pick a sigma schedule"),
+        (["tokenizers.runs=[runs/x]"], "a compare config sets exactly one subject section"),
     ],
 )
 def test_mistakes_fail_at_start_with_one_line(tmp_path, overrides, expected):
@@ -109,69 +112,77 @@ GAN = {
 }
 
 
-def train_runs(folder: Path, base: dict, variants: dict[str, dict]) -> list[str]:
-    """Train tiny runs in-process, one per variant (dotted keys merged into `base`); their folders."""
-    from genkit.config import load_config
-    from genkit.train import gan
-    from genkit.train import tokenizer as tokenizer_training
-
-    runs = []
-    for name, changes in variants.items():
-        config = {**base, "name": name, "output_dir": str(folder / "runs")}
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        overrides = [f"{key}={value}" for key, value in changes.items()]
-        loaded = load_config(folder / f"{name}.yaml", overrides)
-        (gan.train if loaded.task == "gan" else tokenizer_training.train)(loaded)
-        runs.append(str(folder / "runs" / name))
-    return runs
+def write_base(folder: Path, base: dict) -> str:
+    """The base config of the runs a comparison trains, written as a file; its path."""
+    path = folder / f"{base['task']}.yaml"
+    path.write_text(yaml.safe_dump({**base, "output_dir": str(folder / "runs")}))
+    return str(path)
 
 
-def test_tokenizer_and_gan_runs_are_compared_on_the_same_inputs(tmp_path):
-    tokenizers = train_runs(
-        tmp_path,
-        TOKENIZER,
+def rows_of(folder: Path, name: str) -> list[dict]:
+    table = json.loads((folder / "runs" / name / "comparison.json").read_text())
+    return [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+
+
+def test_tokenizer_and_gan_runs_are_trained_then_compared_on_the_same_inputs(tmp_path):
+    tokenizer = write_base(tmp_path, TOKENIZER)
+    train = [
         {
-            "fsq": {"model.quantizer.kind": "fsq", "model.quantizer.levels": "[5,5,5,5]"},
-            "vq": {"model.quantizer.kind": "vq"},
+            "config": tokenizer,
+            "overrides": ["name=fsq", "model.quantizer.kind=fsq", "model.quantizer.levels=[5,5,5,5]"],
         },
-    )
-    config = {"task": "compare", "name": "tok", "subject": "tokenizers", "runs": tokenizers, "num_samples": 8}
+        {"config": tokenizer, "overrides": ["name=vq", "model.quantizer.kind=vq"]},
+    ]
+    config = {"task": "compare", "name": "tok", "num_samples": 8, "tokenizers": {"train": train}}
     result = compare(tmp_path, config, "tracker=none")
     assert result.returncode == 0, result.stderr[-3000:]
-    table = json.loads((tmp_path / "runs" / "tok" / "comparison.json").read_text())
-    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+    rows = rows_of(tmp_path, "tok")
     assert [(r["method"], r["codebook_size"]) for r in rows] == [("fsq", 625), ("vq", 1024)]
     assert all(r["psnr"] > 0 and -1 < r["ssim"] < 1 and 0 < r["codebook_usage"] <= 1 for r in rows)
+    assert all(r["train_seconds"] > 0 for r in rows)
     assert (tmp_path / "runs" / "tok" / "plots" / "psnr_vs_codebook_size.png").exists()
+    # Run again: the finished runs are reused, not trained again.
+    weights = tmp_path / "runs" / "fsq" / "model" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert compare(tmp_path, config, "tracker=none").returncode == 0
+    assert weights.stat().st_mtime_ns == before
+    # A run folder trained with other settings is never overwritten.
+    other = {**config, "tokenizers": {"train": [{"config": tokenizer, "overrides": ["name=fsq", "train.steps=3"]}]}}
+    refused = compare(tmp_path, other, "tracker=none")
+    assert refused.returncode == 2 and "trained with other settings" in refused.stderr
 
-    gans = train_runs(tmp_path, GAN, {"mono": {"gan.method": "monoflow"}, "gp": {"gan.method": "wgan_gp"}})
-    config = {"task": "compare", "name": "gans", "subject": "gans", "runs": gans, "num_samples": 64}
+    gan = write_base(tmp_path, GAN)
+    train = [
+        {"config": gan, "overrides": ["name=mono", "gan.method=monoflow"]},
+        {"config": gan, "overrides": ["name=gp", "gan.method=wgan_gp"]},
+    ]
+    gans = {"train": train, "baselines": True, "refine_sizes": [0.02], "refine_steps": 3}
+    config = {"task": "compare", "name": "gans", "num_samples": 64, "gans": gans}
     result = compare(tmp_path, config, "tracker=none")
     assert result.returncode == 0, result.stderr[-3000:]
-    table = json.loads((tmp_path / "runs" / "gans" / "comparison.json").read_text())
-    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
-    assert [r["method"] for r in rows] == ["monoflow(non_saturating)", "wgan_gp"]
-    assert all(r["sliced_wasserstein"] > 0 and r["energy_distance"] > 0 for r in rows)
+    rows = rows_of(tmp_path, "gans")
+    assert [(r["method"], r["refine_step_size"]) for r in rows] == [
+        ("floor", None),
+        ("init", None),
+        ("monoflow(non_saturating)", None),
+        ("monoflow(non_saturating)", 0.02),
+        ("wgan_gp", None),
+        ("wgan_gp", 0.02),
+    ]
+    assert all(r["sw"] > 0 and r["ed"] > 0 for r in rows)
+    # The floor compares train data with val data: closer than the untrained generator.
+    assert rows[0]["sw"] < rows[1]["sw"]
     assert len(list((tmp_path / "runs" / "gans" / "grids").glob("*.png"))) == 2
-    missing = compare(tmp_path, {**config, "runs": [str(tmp_path / "nothing")]}, "tracker=none")
+    missing = compare(tmp_path, {**config, "gans": {"runs": [str(tmp_path / "nothing")]}}, "tracker=none")
     assert missing.returncode == 2 and "not a finished GAN run" in missing.stderr
 
 
 def test_an_amed_predictor_is_one_more_cell_at_its_own_nfe_and_two_ranks_agree_with_one(tmp_path):
-    from genkit.config import load_config
-    from genkit.train import amed as amed_training
-
-    distil = {
-        "task": "amed",
-        "name": "amed",
-        "output_dir": str(tmp_path / "runs"),
-        "num_samples": 256,
-        "field": CONFIG["field"],
-        "train": {"steps": 2, "batch_size": 128, "tracker": "none", "eval_every": 2},
-    }
-    (tmp_path / "amed.yaml").write_text(yaml.safe_dump(distil))
-    amed_training.train(load_config(tmp_path / "amed.yaml"))
-    config = {**CONFIG, "solvers": ["euler"], "nfe": [5], "predictors": [str(tmp_path / "runs" / "amed" / "model")]}
+    distil = {"task": "amed", "num_samples": 256, "train": {"steps": 2, "batch_size": 128, "tracker": "none"}}
+    amed = write_base(tmp_path, distil)
+    # The comparison distils the predictor for its own field, with the N and AFS that NFE 5 implies.
+    samplers = {**CONFIG["samplers"], "solvers": ["euler"], "nfe": [5], "distill": [{"config": amed, "nfe": [5]}]}
+    config = {**CONFIG, "samplers": samplers}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
     tables = {}
     for name, run in (("one", genkit), ("two", genkit_on_two_ranks)):

@@ -1,0 +1,256 @@
+"""Comparing solvers on a velocity field: solvers x NFE x schedules, plus AMED predictors, from the same noise.
+
+Every cell solves through the field (genkit.fields), so each starts from the same standard normal noise (sample i
+from generator seed (seed, i), as `genkit sample`) and ends in data space. Metrics: `rmse`, the terminal RMSE
+against scipy's accurate solve from the same noise in the same time convention; distances of the samples to the
+val data (`fd` for images, `sw`, `ed`, `modes`, `near` for points: genkit.compare.scoring); the NFE (counted) and
+the median wall time always. Predictors are given (`predictors`, distilled for this field) or distilled here
+(`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve itself as a row (with the
+evaluations it spent and, for a flow, the field's straightness), `floor` a row of train data against the val data.
+A ReFlow run is compared stage by stage (`stages`). Under `accelerate launch` the samples are split over processes;
+squared errors and feature statistics are summed exactly across them.
+"""
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import reduce
+from torch import Tensor
+
+import samplers
+from genkit.compare.output import Shared, log_grid
+from genkit.compare.scoring import DISTANCES, SampleScorer
+from genkit.compare.training import RunSpec, trained
+from genkit.config import check_choice, ranged
+from genkit.data import DataConfig
+from genkit.errors import GenkitError
+from genkit.features import EXTRACTORS, load_extractor
+from genkit.fields import Field, FieldConfig
+from genkit.metrics import straightness
+from genkit.paths import RectifiedPath
+from genkit.predictors import load_predictor
+from genkit.runs import run_data
+from genkit.sampling import initial_noise
+from genkit.tracking import RunLog
+
+METRICS = ("rmse", *DISTANCES)
+DEFAULT_SCHEDULE = "default"  # each solver's usual schedule on the field (Field.default_schedule)
+REFERENCE_METHODS = ("DOP853", "RK45")
+
+
+@dataclass
+class DistillGrid:
+    """AMED predictors distilled for the compared field: one per NFE, with the N and AFS that NFE implies.
+
+    Odd NFE: AFS on, N = (NFE + 3) / 2 timestamps; even NFE: AFS off, N = NFE / 2 + 1 (docs/amed.md §7).
+    """
+
+    config: str = ""  # an AMED config file: the settings, optimizer and budget of every distillation
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    nfe: list[int] = ranged(lambda: [5], minimum=2)
+    name: str = ""  # the distillation runs are <compare run>/predictors/<name>_nfe<NFE>; default: the config's stem
+
+    def specs(self, target: FieldConfig, folder: Path) -> list[RunSpec]:
+        """The AMED run of every NFE for the field `target`, in `folder`."""
+        stem = self.name or Path(self.config).stem
+        pinned = [f"field.{key}={json.dumps(value)}" for key, value in asdict(target).items()]
+        specs = []
+        for nfe in self.nfe:
+            afs = nfe % 2 == 1
+            steps = (nfe + 3) // 2 if afs else nfe // 2 + 1
+            cell = [f"amed.num_steps={steps}", f"amed.afs={str(afs).lower()}", f"name={stem}_nfe{nfe}"]
+            specs.append(RunSpec(self.config, [*self.overrides, *pinned, *cell, f"output_dir={folder}"]))
+        return specs
+
+
+@dataclass
+class SamplerGrid:
+    """Solvers x NFE x schedules on one field (or a flow or ReFlow run trained here first), plus AMED predictors."""
+
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    train_field: RunSpec | None = None  # a flow or ReFlow run to train (or reuse) first; the field is its model
+    stages: list[str] = dataclasses.field(default_factory=list)  # a ReFlow run's stages, each compared as a field
+    solvers: list[str] = dataclasses.field(default_factory=lambda: ["euler", "heun", "dpmpp_2m"])
+    nfe: list[int] = ranged(lambda: [4, 8], minimum=1)
+    schedules: list[str] = dataclasses.field(default_factory=lambda: [DEFAULT_SCHEDULE])
+    predictors: list[str] = dataclasses.field(default_factory=list)
+    distill: list[DistillGrid] = dataclasses.field(default_factory=list)
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["rmse"])
+    reference_method: str = "DOP853"
+    reference_tolerance: float = ranged(1e-7, above=0)
+    reference_row: bool = False
+    floor: bool = False
+    extractor: str = "digits"
+    extractor_path: str | None = None
+    reference_data: DataConfig | None = None
+    repeats: int = ranged(1, minimum=1)  # timed solves of a cell; `seconds` is their median
+
+    def __post_init__(self):
+        for solver in self.solvers:
+            check_choice("samplers.solvers", solver, samplers.BASELINES)
+        for schedule in self.schedules:
+            check_choice("samplers.schedules", schedule, (DEFAULT_SCHEDULE, *samplers.SCHEDULES))
+        for metric in self.metrics:
+            check_choice("samplers.metrics", metric, METRICS)
+        check_choice("samplers.extractor", self.extractor, EXTRACTORS)
+        check_choice("samplers.reference_method", self.reference_method, REFERENCE_METHODS)
+        if self.stages and (self.predictors or self.distill):
+            raise GenkitError("samplers.stages compares a ReFlow run's stages; predictors belong to one field each")
+
+
+@dataclass
+class Cell:
+    """One setting of the grid: a solver at an NFE on a schedule (with its options)."""
+
+    method: str
+    solver: str
+    nfe: int
+    schedule: str
+    options: dict
+
+
+class SamplerComparison:
+    """The cells of a SamplerGrid on its field (or on each stage of a ReFlow run), from the same noise."""
+
+    x_axis, line_keys = "nfe", ("field", "method", "schedule")
+
+    def __init__(self, grid: SamplerGrid, shared: Shared, accelerator: Accelerator, run_dir: Path):
+        self.grid, self.shared, self.accelerator = grid, shared, accelerator
+        if grid.train_field is not None:
+            grid.field = FieldConfig(kind="flow_run", path=str(trained(grid.train_field, shared.run_overrides)))
+        runs = [Path(grid.field.path) / stage for stage in grid.stages]
+        configs = [FieldConfig(kind="flow_run", path=str(run)) for run in runs] or [grid.field]
+        self.fields = {
+            run.name if grid.stages else "": config.load(accelerator.device)
+            for run, config in zip(runs or [None], configs, strict=True)
+        }
+        distances = [metric for metric in grid.metrics if metric != "rmse"]
+        extractor = load_extractor(grid.extractor, grid.extractor_path) if "fd" in distances else None
+        shape = next(iter(self.fields.values())).shape
+        if extractor is not None and len(shape) != 3:
+            raise GenkitError(f"metric fd needs image samples; this field's samples have shape {shape}")
+        self.scorer = None
+        if distances:
+            data = grid.reference_data or self.run_data()
+            self.scorer = SampleScorer(data, distances, extractor, accelerator)
+        self.cells = self.grid_cells(next(iter(self.fields.values())), run_dir / "predictors")
+        for field in self.fields.values():
+            for cell in self.cells:
+                field.form(cell.schedule, cell.solver)  # a schedule or solver that does not fit fails here
+        self.plotted = [metric for metric in grid.metrics if metric not in ("modes", "near")]
+        flows = any(isinstance(path, RectifiedPath) for field in self.fields.values() for _, path in field.forms)
+        straight = ["straightness"] if grid.reference_row and flows else []
+        self.columns = ["field", "method", "solver", "schedule", "nfe", *grid.metrics, *straight]
+        self.columns += ["nfe_counted", "seconds"]
+        self.shown = [column for column in self.columns if column != "solver"]
+
+    def run_data(self) -> DataConfig:
+        """The data set samples are compared with when reference_data is unset: a flow run's own data config."""
+        if self.grid.field.kind != "flow_run":
+            raise GenkitError("distance metrics on this field need samplers.reference_data, the data to compare with")
+        return run_data(Path(self.grid.field.path) / (self.grid.stages[0] if self.grid.stages else ""))
+
+    def grid_cells(self, field: Field, predictor_folder: Path) -> list[Cell]:
+        """Baselines x schedules x NFE, then one cell per predictor (given, or distilled here for this field)."""
+        grid, cells = self.grid, []
+        for solver in grid.solvers:
+            for schedule in grid.schedules:
+                resolved = field.default_schedule(solver) if schedule == DEFAULT_SCHEDULE else schedule
+                cells += [Cell(solver, solver, nfe, resolved, {}) for nfe in grid.nfe]
+        paths = [Path(path) for path in grid.predictors]
+        for distill in grid.distill:
+            paths += [
+                trained(spec, self.shared.run_overrides) / "model"
+                for spec in distill.specs(grid.field, predictor_folder)
+            ]
+        for path in paths:
+            predictor = load_predictor(path, field.field_id).to(self.accelerator.device)
+            settings = predictor.tied_settings
+            method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
+            method += "[bottleneck]" if settings.features == "bottleneck" else ""
+            cells.append(
+                Cell(method, settings.solver, settings.nfe, settings.schedule, settings.solver_options(predictor))
+            )
+        return cells
+
+    def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
+        """(data samples, or None when the solver cannot spend exactly cell.nfe; median seconds of the solves)."""
+        seconds, out = [], None
+        for _ in range(self.grid.repeats):
+            start = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
+            except samplers.SamplerError:
+                return None, 0.0
+            seconds.append(time.perf_counter() - start)
+        return out, statistics.median(seconds)
+
+    def rmse(self, out: Tensor, target: Tensor) -> float:
+        """sqrt(mean squared error) over the samples of every process."""
+        error = torch.tensor([(out - target).double().pow(2).sum().item(), out.numel()], dtype=torch.float64)
+        sums = reduce(error.to(self.accelerator.device), "sum")
+        return (sums[0] / sums[1]).sqrt().item()
+
+    def field_rows(self, name: str, field: Field, z: Tensor, log: RunLog, run_dir: Path) -> list[dict]:
+        """The rows of one field: every cell, then the accurate solve when asked for."""
+        grid, rows, targets = self.grid, [], {}
+
+        def reference(schedule: str) -> tuple[Tensor, int]:
+            """The accurate solve in the time `schedule` spans (once a time convention), and its evaluations."""
+            path = field.form(schedule)[1]
+            if path not in targets:
+                targets[path] = field.reference(z, schedule, grid.reference_tolerance, grid.reference_method)
+            return targets[path]
+
+        for cell in self.cells:
+            out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
+            reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
+            row = {"field": name, "method": cell.method, "solver": cell.solver, "schedule": cell.schedule}
+            row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds}
+            if reachable:
+                row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
+                if "rmse" in grid.metrics:
+                    row["rmse"] = self.rmse(out, reference(cell.schedule)[0])
+                row |= self.scorer.score(out) if self.scorer is not None else {}
+                if len(out):
+                    grid_name = f"{name}{cell.method}_{cell.schedule}_nfe{cell.nfe}"
+                    log_grid(log, run_dir, grid_name, out[: self.shared.grid_samples])
+            rows.append(row)
+        if grid.reference_row:
+            schedule = field.default_schedule("euler")
+            target, evaluations = reference(schedule)
+            row = {"field": name, "method": f"reference ({grid.reference_method})", "solver": grid.reference_method}
+            row |= {"schedule": schedule, "nfe_counted": evaluations} | (
+                {"rmse": 0.0} if "rmse" in grid.metrics else {}
+            )
+            row |= self.scorer.score(target) if self.scorer is not None else {}
+            velocity, path = field.form(schedule)
+            if isinstance(path, RectifiedPath):
+                row["straightness"] = straightness(velocity, path.start(z), nfe=32)
+            rows.append(row)
+        return rows
+
+    def table(self, log: RunLog, run_dir: Path) -> tuple[list[dict], dict]:
+        grid, accelerator, shared = self.grid, self.accelerator, self.shared
+        first = next(iter(self.fields.values()))
+        protocol = {"field_id": "; ".join(f.field_id for f in self.fields.values())}
+        protocol |= {"num_samples": shared.num_samples, "seed": shared.seed}
+        if "rmse" in grid.metrics or grid.reference_row:
+            protocol["reference"] = f"{grid.reference_method} rtol=atol={grid.reference_tolerance:g}"
+        if self.scorer is not None:
+            protocol |= self.scorer.protocol()
+        with accelerator.split_between_processes(list(range(shared.num_samples))) as indices:
+            z = initial_noise(indices, first.shape, shared.seed).to(accelerator.device, first.dtype)
+        rows = []
+        if grid.floor and self.scorer is not None:
+            rows.append({"field": "", "method": "floor (train vs val)"} | self.scorer.floor(shared.num_samples))
+        for name, field in self.fields.items():
+            rows += self.field_rows(name, field, z.to(field.dtype), log, run_dir)
+        return rows, protocol
