@@ -39,7 +39,7 @@ test-slow: $(STAMP)
 
 # On a CUDA machine: bf16, NCCL and channels_last keep genkit's numbers (under 5 minutes); elsewhere a one-line no-op.
 gpu-check: $(STAMP)
-	$(PYTHON) scripts/gpu_check.py
+	$(PYTHON) tests/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

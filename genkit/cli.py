@@ -5,47 +5,50 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 import samplers
 from genkit import __version__
 from genkit import compare as comparison
-from genkit.config import Range, load_config
-from genkit.errors import GenkitError
-from genkit.generate import sample_run
+from genkit.compare.tokenizers import evaluate_run
+from genkit.config import TASKS, Range, load_config
+from genkit.configs import shipped
+from genkit.errors import GenkitError, TrainingStopped
 from genkit.processes import process_state
-from genkit.train import amed, flow, gan, reflow
-from genkit.train import tokenizer as tokenizer_training
+from genkit.sampling import draw_samples
+from genkit.train import TRAINERS
+from genkit.train import train as train_task
+from genkit.train.reflow import format_summary
 
-
-def run_reflow(config: reflow.ReflowRunConfig) -> None:
-    """Every ReFlow stage, then the table of straightness and distances per stage."""
-    print(reflow.format_summary(reflow.run(config)))
-
-
-RUNNERS = {
-    "tokenizer": tokenizer_training.train,
-    "flow": flow.train,
-    "reflow": run_reflow,
-    "amed": amed.train,
-    "gan": gan.train,
-}
+POSITIVE = Range(minimum=1).argument(int)
+COUNT = Range(minimum=0).argument(int)
+STEP_SIZE = Range(above=0).argument(float)
 
 
 def list_solvers(args: argparse.Namespace) -> None:
-    """Print each solver with its cost per step and its update rule."""
-    print(f"{'solver':<14}{'evals/step':>10}  update")
-    for name, solver in samplers.SOLVERS.items():
-        rule = solver.__doc__.splitlines()[0]
-        print(f"{name:<14}{samplers.EVALUATIONS_PER_STEP[name]:>10}  {rule}")
+    """Print each solver with its cost per step, the field form it needs and its update rule."""
+    print(f"{'solver':<14}{'evals/step':>10}  {'field':<6}  update")
+    for name, spec in samplers.SOLVERS.items():
+        rule = spec.function.__doc__.splitlines()[0]
+        print(f"{name:<14}{spec.evaluations_per_step:>10}  {'sigma' if spec.sigma_space else 'any':<6}  {rule}")
     print(f"schedules: {', '.join(samplers.SCHEDULES)}")
 
 
 def train(args: argparse.Namespace) -> None:
     """Train what the config's `task` names."""
     config = load_config(args.config, args.overrides)
-    if config.task not in RUNNERS:
+    if config.task not in TRAINERS:
         raise GenkitError(f"{args.config} is a {config.task} config, not a training run; use genkit {config.task}")
-    RUNNERS[config.task](config)
+    result = train_task(config)
+    if config.task == "reflow" and process_state().is_main_process:
+        print(format_summary(result))
+
+
+def show_config(args: argparse.Namespace) -> None:
+    """Print a task's full default config as YAML."""
+    if args.task not in TASKS:
+        raise GenkitError(f"unknown task {args.task!r}; choose one of: {', '.join(TASKS)}")
+    print(OmegaConf.to_yaml(OmegaConf.structured(TASKS[args.task])), end="")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -58,14 +61,13 @@ def compare(args: argparse.Namespace) -> None:
 
 def eval_tokenizer(args: argparse.Namespace) -> None:
     """Evaluate a trained tokenizer run against its untrained initialisation on the run's validation images."""
-    report = tokenizer_training.evaluate_run(Path(args.run_dir), args.images)
-    print(report)
+    print(evaluate_run(Path(args.run_dir), args.images))
 
 
 def sample(args: argparse.Namespace) -> None:
     """Sample a trained flow (a solver at an exact NFE) or GAN (generator, critic refinement); tensor and picture."""
     predictor = Path(args.predictor) if args.predictor else None
-    samples, stem = sample_run(
+    samples, stem = draw_samples(
         Path(args.run_dir),
         args.solver,
         args.nfe,
@@ -88,9 +90,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-POSITIVE = Range(minimum=1).argument(int)
-COUNT = Range(minimum=0).argument(int)
-STEP_SIZE = Range(above=0).argument(float)
+def add_config_command(commands, name: str, purpose: str, epilog: str, what: str, handler) -> None:
+    """`genkit NAME CONFIG [key=value ...]`, CONFIG a YAML file or a shipped config's name."""
+    command = commands.add_parser(name, help=f"{purpose}: genkit {name} CONFIG [key=value ...]", epilog=epilog)
+    command.add_argument("config", help=f"{what}: a YAML file, or a shipped config's name (see below)")
+    command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. name=try2 seed=1")
+    command.set_defaults(handler=handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"genkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands.add_parser("solvers", help="list the ODE solvers and schedules").set_defaults(handler=list_solvers)
-    train_parser = commands.add_parser("train", help="train from a YAML config: genkit train CONFIG [key=value ...]")
-    train_parser.add_argument("config", help="a YAML config naming its task, e.g. configs/tokenizer/fsq.yaml")
-    train_parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 name=try2")
-    train_parser.set_defaults(handler=train)
-    compare_parser = commands.add_parser("compare", help="compare methods: genkit compare CONFIG [key=value ...]")
-    compare_parser.add_argument("config", help="a compare config, e.g. configs/compare/samplers_demo.yaml")
-    compare_parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=64")
-    compare_parser.set_defaults(handler=compare)
+    recipes = [name for name in shipped() if not name.startswith("compare/")]
+    tasks = f"tasks: {', '.join(name for name in TASKS if name in TRAINERS)}; shipped configs: {', '.join(recipes)}"
+    add_config_command(commands, "train", "train from a YAML config", tasks, "the run's config, naming its task", train)
+    config_parser = commands.add_parser("config", help="print a task's full default config: genkit config TASK")
+    config_parser.add_argument("task", help=f"one of: {', '.join(TASKS)}")
+    config_parser.set_defaults(handler=show_config)
+    comparisons = f"shipped configs: {', '.join(name for name in shipped() if name.startswith('compare/'))}"
+    add_config_command(commands, "compare", "compare methods", comparisons, "the comparison's config", compare)
     eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
     eval_parser.add_argument("--images", type=POSITIVE, default=None, help="validation images (default: the run's)")
@@ -122,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         default=None,
         choices=list(samplers.SCHEDULES),
-        help="uniform (default): rectified time; else EDM form",
+        help="default: the run's own time (uniform for a flow); a sigma schedule solves it in EDM form",
     )
     sample_parser.add_argument(
         "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
@@ -144,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GenkitError, samplers.SamplerError) as error:
         print(f"genkit: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:
+        print(f"genkit: {stopped}", file=sys.stderr)
+        return 128 + stopped.signal_number  # the shell's code for a process ended by that signal
     finally:
         # Ranks that leave without tearing the group down can abort at exit (seen with gloo).
         if torch.distributed.is_initialized():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parent / "gpu_check.py"
 
 
 def test_without_cuda_the_gpu_check_says_so_in_one_line(capsys, monkeypatch):
