@@ -5,10 +5,12 @@ Throughput: our FSQ and EMA VectorQuantizer against vector-quantize-pytorch's FS
 without the rotation trick: the same straight-through algorithm), on one float32 CPU input of 64 x 8x8 = 4096
 channels-last vectors. A call is forward + backward of quantized.sum() + aux loss; vectors/s is 4096 / the median
 call over interleaved rounds; ours/theirs > 1 means ours is faster. Needs the optional extra `bench`.
-Usage: `genkit compare configs/compare/bench_tokenizers.yaml` (FSQ and VQ at 2^8..2^14 codes, 200 steps each).
+Usage: `genkit compare configs/compare/bench_tokenizers.yaml` (FSQ and VQ at 2^8..2^14 codes, 200 steps each);
+`--vq-restart` adds a row of VQ with dead-code restarts at threshold 1.0 (four more runs).
 Writes runs/bench_tokenizers.json.
 """
 
+import argparse
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from genkit import compare
 from genkit.checkpoint import write_json
+from genkit.compare.training import RunSpec
 from genkit.config import load_config
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
@@ -71,20 +74,28 @@ def throughput() -> dict[str, dict[str, float]] | None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vq-restart", action="store_true", help="add VQ with dead-code restarts (threshold 1.0)")
+    kinds = ("fsq", "vq", "vqr") if parser.parse_args().vq_restart else ("fsq", "vq")
     start = time.perf_counter()
     speed = throughput()
     if speed is not None:
         print(f"\n{'vectors/s':<12}{'ours':>12}{'theirs':>12}{'ours/theirs':>13}")
         for key, row in speed.items():
             print(f"{key:<12}{row['ours']:>12.3g}{row['theirs']:>12.3g}{row['ours/theirs']:>13.2f}")
-    result = compare.run(load_config(REPO / "configs/compare/bench_tokenizers.yaml"))
+    config = load_config(REPO / "configs/compare/bench_tokenizers.yaml")
+    for size in SIZES if "vqr" in kinds else ():  # the vq runs of the config, with restarts
+        restart = ["model.quantizer.kind=vq", f"model.quantizer.codebook_size={size}", "model.latent_dim=8"]
+        restart += ["model.quantizer.dead_code_threshold=1.0", f"name=vqr_{size}"]
+        config.tokenizers.train.append(RunSpec("tokenizer/demo", restart))
+    result = compare.run(config)
     rows = compare.cells(result)
     usage = {
         row["run"]: {key: row[key] for key in ("codebook_size", "codebook_usage", "psnr", "train_seconds")}
         for row in rows
     }
     print(f"\n{'usage / PSNR dB':<16}" + "".join(f"{f'2^{size.bit_length() - 1}':>16}" for size in SIZES))
-    for kind in ("fsq", "vq"):
+    for kind in kinds:
         cells = [usage[f"{kind}_{size}"] for size in SIZES]
         print(f"{kind:<16}" + "".join(f"{c['codebook_usage']:>9.1%} / {c['psnr']:.2f}" for c in cells))
     output = REPO / "runs" / "bench_tokenizers.json"
