@@ -4,7 +4,7 @@ Throughput: our FSQ and EMA VectorQuantizer against vector-quantize-pytorch's FS
 (the same FSQ levels; VQ dim 32, decay 0.99, commitment 0.25, EMA updates, training mode, no restarts, and theirs
 without the rotation trick: the same straight-through algorithm), on one float32 CPU input of 64 x 8x8 = 4096
 channels-last vectors. A call is forward + backward of quantized.sum() + aux loss; vectors/s is 4096 / the median
-call over interleaved rounds; ours/theirs > 1 means ours is faster. Needs the optional extra `bench`.
+call over rounds interleaving ours and theirs; ours/theirs > 1 means ours is faster. Needs the optional extra `bench`.
 Usage: `genkit compare configs/compare/bench_tokenizers.yaml` (FSQ and VQ at 2^8..2^14 codes, 200 steps each);
 `--vq-restart` adds a row of VQ with dead-code restarts at threshold 1.0 (four more runs).
 Writes runs/bench_tokenizers.json.
@@ -45,11 +45,18 @@ def pairs(vqp) -> dict[str, tuple[nn.Module, nn.Module, int]]:
     return {key: (ours.train(), theirs.train(), dim) for key, (ours, theirs, dim) in built.items()}
 
 
+def outputs(quantizer: nn.Module, inputs: Tensor) -> tuple[tuple, Tensor]:
+    """Forward, then backward of quantized.sum() + aux loss (their FSQ returns no loss): outputs, input gradient."""
+    inputs = inputs.detach().requires_grad_()
+    result = quantizer(inputs)
+    (result[0].sum() + (result[2] if len(result) > 2 else 0.0)).backward()
+    return result, inputs.grad
+
+
 def seconds(quantizer: nn.Module, inputs: Tensor) -> float:
-    """Wall time of forward, then backward of quantized.sum() + aux loss (their FSQ returns no loss)."""
+    """Wall time of one forward + backward."""
     start = time.perf_counter()
-    outputs = quantizer(inputs.detach().requires_grad_())
-    (outputs[0].sum() + (outputs[2] if len(outputs) > 2 else 0.0)).backward()
+    outputs(quantizer, inputs)
     return time.perf_counter() - start
 
 
@@ -62,14 +69,19 @@ def throughput() -> dict[str, dict[str, float]] | None:
         return None
     built, times = pairs(vqp), {}
     inputs = {dim: torch.randn(64, 64, dim, generator=torch.Generator().manual_seed(0)) for dim in (3, 4, 5, 32)}
-    for round_ in range(7):  # two warm-up rounds, then five timed ones interleaving every entry
-        for key, (ours, theirs, dim) in built.items():
+    # Each entry on its own, ours and theirs interleaved: between VQ's 4096 x codebook distance matrices the allocator
+    # hands memory back to the system, and every small FSQ tensor would pay the page faults.
+    for key, (ours, theirs, dim) in built.items():
+        for round_ in range(12):  # two warm-up rounds, then ten timed ones
             for who, quantizer in (("ours", ours), ("theirs", theirs)):
                 value = [seconds(quantizer, inputs[dim]) for _ in range(3)]
                 times.setdefault((key, who), []).extend(value if round_ >= 2 else [])
     table = {key: {who: 4096 / statistics.median(times[key, who]) for who in ("ours", "theirs")} for key in built}
-    for row in table.values():
+    for key, row in table.items():
         row["ours/theirs"] = row["ours"] / row["theirs"]
+        if key.startswith("fsq"):  # the same algorithm: the same codes, indices and input gradients, bit for bit
+            (ours, grad), (theirs, their_grad) = (outputs(q, inputs[built[key][2]]) for q in built[key][:2])
+            row["identical"] = all(map(torch.equal, (*ours[:2], grad), (*theirs[:2], their_grad)))
     return table
 
 
@@ -80,9 +92,10 @@ def main() -> None:
     start = time.perf_counter()
     speed = throughput()
     if speed is not None:
-        print(f"\n{'vectors/s':<12}{'ours':>12}{'theirs':>12}{'ours/theirs':>13}")
+        print(f"\n{'vectors/s':<12}{'ours':>12}{'theirs':>12}{'ours/theirs':>13}  identical outputs")
         for key, row in speed.items():
-            print(f"{key:<12}{row['ours']:>12.3g}{row['theirs']:>12.3g}{row['ours/theirs']:>13.2f}")
+            same = {True: "yes", False: "NO"}.get(row.get("identical"), "-")
+            print(f"{key:<12}{row['ours']:>12.3g}{row['theirs']:>12.3g}{row['ours/theirs']:>13.2f}  {same}")
     config = load_config(REPO / "configs/compare/bench_tokenizers.yaml")
     for size in SIZES if "vqr" in kinds else ():  # the vq runs of the config, with restarts
         restart = ["model.quantizer.kind=vq", f"model.quantizer.codebook_size={size}", "model.latent_dim=8"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tokenizers_img import FSQ, codebook_usage
+from tokenizers_img.layout import channels_last, like_input
 
 TABLE = {2**8: 240, 2**10: 1000, 2**12: 4375, 2**14: 15360, 2**16: 64000}
 TABLE_LEVELS = {
@@ -214,3 +215,30 @@ def test_several_codebooks_quantize_each_group_alike():
         assert torch.equal(indices[..., group], indices_part)
     assert torch.equal(multi.codes_to_indices(multi.indices_to_codes(indices)), indices)
     assert torch.equal(multi.indices_to_latents(indices).movedim(-1, 1), quantized)
+
+
+@pytest.mark.parametrize(
+    ("levels", "symmetric", "shape"),
+    [
+        ([8, 6, 5], False, (4096, 3)),  # whole tiles of vectors
+        ([8, 8, 8, 6, 5], False, (2, 5, 3, 5)),  # an image of 30 vectors: a partial tile
+        ([2, 5, 6], True, (7, 3)),
+        ([8] * 9, False, (33, 9)),  # 2^27 codes: indices summed in float64
+    ],
+)
+def test_the_fused_quantizer_equals_autograd_through_the_formula_bit_for_bit(levels, symmetric, shape):
+    """Codes, indices and gradients of the fused op against the unfused formula with a straight-through rounding."""
+    fsq = FSQ(levels, symmetric=symmetric)
+    z = randn(*shape, scale=2.0)
+    weights = torch.linspace(-1, 1, z.numel()).reshape(shape)
+    fused = z.clone().requires_grad_()
+    codes, indices, _ = fsq(fused)
+    (codes * weights).sum().backward()
+
+    unfused = z.clone().requires_grad_()
+    pre = torch.tanh(channels_last(unfused) + fsq.shift) * fsq.scale + fsq.bias
+    rounded = pre + ((pre.floor() if symmetric else pre.round()) - pre).detach()
+    expected = ((rounded - fsq.half_width) if symmetric else rounded) / fsq.half_width
+    (like_input(expected, z) * weights).sum().backward()
+    assert torch.equal(codes, like_input(expected, z)) and torch.equal(fused.grad, unfused.grad)
+    assert torch.equal(indices, fsq.codes_to_indices(expected))

@@ -27,14 +27,41 @@ LEVELS_FOR_CODEBOOK_SIZE = {
 BOUND_EPS = 1e-3
 
 
-def round_ste(x: Tensor) -> Tensor:
-    """round(x) forward, identity backward: x + sg(round(x) - x)."""
-    return x + (x.round() - x).detach()
+# The rounding constants are tiled this many times so that each elementwise op runs over rows of many vectors: over
+# rows of len(levels) values, as a channels-last tensor gives them, the loop overhead costs more than the arithmetic.
+TILE = 64
 
 
-def floor_ste(x: Tensor) -> Tensor:
-    """floor(x) forward, identity backward: x + sg(floor(x) - x)."""
-    return x + (x.floor() - x).detach()
+class RoundedTanh(torch.autograd.Function):
+    """(codes, indices) of rows of whole vectors: step = rounding(tanh(z + shift) scale + bias) [- h if symmetric],
+    code = step / h, with the straight-through gradient d code / dz = scale (1 - tanh^2) / h (docs/fsq.md §1.2).
+
+    One fused op instead of autograd's chain of small ones: on the small tensors of a tokenizer the chain's per-op
+    overhead and allocations are the cost. Backward repeats autograd's arithmetic op for op (tanh_backward included),
+    so gradients equal the unfused formula's bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, fsq):
+        shift, scale, bias, half_width = fsq.tiled[:, : rows.shape[-1]]
+        y = (rows + shift).tanh_()  # in place wherever a new tensor is not needed: allocations are part of the cost
+        steps = (y * scale).add_(bias)
+        steps = fsq.rounding(steps, out=steps)
+        if fsq.symmetric:
+            steps.sub_(half_width)
+        # index = sum_i (step_i + h_i) basis_i = steps . basis + sum_i h_i basis_i: a float matrix-vector product,
+        # exact while partial sums stay below 2^24 in float32 (else float64, see FSQ.index_dtype).
+        vectors = steps.view(-1, len(fsq.levels)).to(fsq.index_dtype)
+        indices = (vectors @ fsq.basis.to(fsq.index_dtype)).add_(fsq.index_offset).long()
+        ctx.save_for_backward(y, scale, half_width)
+        ctx.mark_non_differentiable(indices)
+        return steps.div_(half_width), indices
+
+    @staticmethod
+    def backward(ctx, grad_codes, grad_indices):
+        y, scale, half_width = ctx.saved_tensors
+        slope = (grad_codes / half_width).mul_(scale)
+        return torch.ops.aten.tanh_backward.grad_input(slope, y, grad_input=slope), None
 
 
 class FSQ(nn.Module):
@@ -69,12 +96,24 @@ class FSQ(nn.Module):
         self.project_out = nn.Linear(code_dim, self.dim) if projected else None
 
         level_tensor = torch.tensor(levels, dtype=torch.float32)
-        half_width = (level_tensor - 1) / 2 if symmetric else (level_tensor // 2)
-        basis = torch.cumprod(torch.tensor([1, *levels[:-1]]), dim=0)
+        if symmetric:  # digit k = floor((L - 1)(tanh z + 1) / 2 + 1/2), step k - h
+            half_width = (level_tensor - 1) / 2
+            shift, scale, bias = torch.zeros_like(half_width), half_width, half_width + 0.5
+        else:  # step = round(f(z)), f the reference bound
+            half_width = level_tensor // 2
+            scale = (level_tensor - 1) * (1 + BOUND_EPS) / 2
+            offset = (level_tensor % 2 == 0).float() / 2
+            shift, bias = torch.atanh(offset / scale), -offset
         # Constants, not state: rebuilt from `levels`, so kept out of the state dict.
-        self.register_buffer("levels", level_tensor, persistent=False)
-        self.register_buffer("half_width", half_width, persistent=False)
-        self.register_buffer("basis", basis, persistent=False)
+        constants = {"levels": level_tensor, "half_width": half_width, "shift": shift, "scale": scale, "bias": bias}
+        constants["basis"] = torch.cumprod(torch.tensor([1, *levels[:-1]]), dim=0)
+        constants["tiled"] = torch.stack([shift, scale, bias, half_width]).repeat(1, TILE)
+        for name, value in constants.items():
+            self.register_buffer(name, value, persistent=False)
+        self.rounding = torch.floor if symmetric else torch.round
+        # Integer indices cost several times more on a tokenizer's small tensors; floats are exact up to 2^24 codes.
+        self.index_dtype = torch.float32 if math.prod(levels) <= 2**24 else torch.float64
+        self.index_offset = float(half_width.double() @ constants["basis"].double())
 
     @classmethod
     def from_codebook_size(cls, size: int, **kwargs) -> "FSQ":
@@ -94,23 +133,20 @@ class FSQ(nn.Module):
 
         half_l = (L-1)(1+eps)/2, offset = 0.5 for even L else 0, shift = atanh(offset / half_l); f's range
         (-half_l - offset, half_l - offset) rounds onto the integers {-floor(L/2), ..., ceil(L/2) - 1}.
+        Symmetric grid: (L-1)(tanh z + 1)/2 + 1/2, whose floor is the digit.
         """
-        half_l = (self.levels - 1) * (1 + BOUND_EPS) / 2
-        offset = (self.levels % 2 == 0).float() / 2
-        shift = torch.atanh(offset / half_l)
-        return torch.tanh(z + shift) * half_l - offset
+        return torch.tanh(z + self.shift) * self.scale + self.bias
 
-    def quantize(self, z: Tensor) -> Tensor:
-        """Codes of z (..., len(levels)) with a straight-through gradient: round_ste(f(z)) / floor(L/2), or symmetric.
+    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(codes, indices) of z (..., len(levels)): step = round(f(z)), code = step / floor(L/2), index of the digits.
 
-        Symmetric: digit k = floor((L-1)(tanh z + 1)/2 + 1/2) in {0..L-1} with a floor STE, code = (k - h)/h.
+        Symmetric: digit k = floor((L-1)(tanh z + 1)/2 + 1/2) in {0..L-1}, step = k - h, code = (k - h)/h.
+        The gradient is straight-through: d code / dz = f'(z) / h. A step is an exact small integer, so codes
+        match indices_to_codes bit for bit; step + h is the digit of the index.
         """
-        if self.symmetric:
-            digits = floor_ste((self.levels - 1) * (torch.tanh(z) + 1) / 2 + 0.5)
-        else:
-            digits = round_ste(self.bound(z)) + self.half_width
-        # (k - h) is an exact small number, so codes match indices_to_codes bit for bit.
-        return (digits - self.half_width) / self.half_width
+        vectors = z.numel() // z.shape[-1]
+        codes, indices = RoundedTanh.apply(z.reshape(-1, math.gcd(vectors, TILE) * z.shape[-1]), self)
+        return codes.view(z.shape), indices.view(z.shape[:-1])
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """Mixed-radix index sum_i k_i basis_i of codes (..., len(levels)), k_i = code_i h_i + h_i."""
@@ -138,8 +174,7 @@ class FSQ(nn.Module):
         z = z.unflatten(-1, (self.num_codebooks, len(self.levels)))
         # Rounding in bf16/fp16 can land in the wrong bin (docs/fsq.md §4): quantize in fp32 whatever autocast says.
         with torch.autocast(device_type=z.device.type, enabled=False):
-            codes = self.quantize(at_least_float32(z))
-            indices = self.codes_to_indices(codes)
+            codes, indices = self.quantize(at_least_float32(z))
         quantized = codes.flatten(-2)
         if self.project_out is not None:
             quantized = self.project_out(quantized)
