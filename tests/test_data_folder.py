@@ -4,6 +4,7 @@ import faulthandler
 import json
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,20 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_no_smaller_than_image_size(t
     assert load_rgb(tmp_path / "large.jpg", 700).size == (1000, 700)
     item = build_dataset(DataConfig(source="folder", path=str(tmp_path), image_size=64), "val")[0]
     assert torch.allclose(item, torch.tensor([10, 200, 30])[:, None, None] / 127.5 - 1, atol=0.02)
+
+
+def test_a_random_resized_crop_takes_its_part_from_the_whole_image(tmp_path):
+    image = Image.new("RGB", (48, 24), BLUE)
+    image.paste(RED, (0, 0, 8, 24))  # the left edge, outside the centre square
+    image.save(tmp_path / "00.png")
+    image.save(tmp_path / "01.png")
+    config = DataConfig(source="folder", path=str(tmp_path), image_size=8)
+    blue = torch.tensor([-1.0, -1, 1])[:, None, None].expand(3, 8, 8)
+    assert torch.equal(build_dataset(config, "train")[0], blue)
+    cropping = build_dataset(replace(config, random_resized_crop=True, crop_scale=[0.2, 0.4]), "train")
+    torch.manual_seed(0)
+    draws = [cropping[0] for _ in range(16)]
+    assert any((draw[0] > 0).any() for draw in draws)  # some part reaches the red edge
 
 
 class CountingCheck:

@@ -249,7 +249,14 @@ class Loop:
         if step == 0:
             # Models are initialised alike on every rank; the noise a trainer draws must differ between ranks.
             set_seed(config.seed + 1, device_specific=True)
-        return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+            pin_memory=self.device.type == "cuda",  # batches in page-locked memory copy to the GPU faster
+        )
+        return iter(loader)
 
     def _train_step(self, step: int, batches) -> tuple[dict[str, Tensor], int]:
         """One optimizer step over grad_accum_steps micro-batches: its losses and the images it saw (all ranks)."""
