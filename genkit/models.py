@@ -20,6 +20,7 @@ from torch import nn
 from genkit.checkpoint import CONFIG_NAME, save_pretrained, saved_class, write_json
 from genkit.errors import GenkitError
 from genkit.nets import TimeMLP, UNetVelocity
+from genkit.nets.discriminator import PatchDiscriminator
 from genkit.nets.gan import CriticPotential, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator
 from genkit.predictors import PredictorModel
 from genkit.velocity import GradientField
@@ -27,7 +28,10 @@ from tokenizers_img.model import Tokenizer
 
 MODEL_CLASSES = {
     cls.__name__: cls
-    for cls in (Tokenizer, TimeMLP, UNetVelocity, MLPGenerator, MLPCritic, DCGANGenerator, DCGANCritic, PredictorModel)
+    for cls in (
+        *(Tokenizer, PatchDiscriminator, TimeMLP, UNetVelocity, PredictorModel),
+        *(MLPGenerator, MLPCritic, DCGANGenerator, DCGANCritic),
+    )
 }
 # A genkit velocity U-Net is saved as the plain diffusers model it wraps.
 SAVED_AS = {UNet2DModel.__name__: UNetVelocity}

@@ -3,6 +3,7 @@ import os
 import pytest
 from accelerate import PartialState
 from accelerate.state import AcceleratorState
+from tokenizer_runs import workdir  # noqa: F401 (a fixture for every test module)
 
 # Tests never touch the network or the home folder, whoever runs them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -73,3 +73,9 @@ def test_a_shipped_config_is_found_by_its_name_from_any_folder(tmp_path, monkeyp
     assert load_config("tokenizer/fsq").model.quantizer.kind == "fsq"
     with pytest.raises(GenkitError, match="names no single shipped config"):
         config_path("tokenizer/fsq2")
+
+
+def test_every_shipped_config_loads_and_names_the_task_of_its_folder():
+    for name, path in shipped().items():
+        folder = name.split("/")[0]
+        assert load_config(path).task in {"flow": {"flow", "reflow"}}.get(folder, {folder}), name

@@ -4,61 +4,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks
 from PIL import Image
-from safetensors.torch import load_file
+from tokenizer_runs import TINY, WEIGHTS, model_state
 from weights import assert_same_weights, float64_training_atol
 
 from tokenizers_img.model import Tokenizer
-
-TINY = {
-    "task": "tokenizer",
-    "name": "tiny",
-    "eval_images": 16,
-    "data": {"source": "crops", "num_train": 256, "num_val": 16},
-    "model": {
-        "channels": [8, 16],
-        "latent_dim": 4,
-        "norm_groups": 4,
-        "quantizer": {"kind": "fsq", "levels": [5, 5, 5, 5]},
-    },
-    "optimizer": {"lr": 1.0e-3},
-    "train": {
-        "steps": 6,
-        "batch_size": 8,
-        "log_every": 1,
-        "eval_every": 6,
-        "checkpoint_every": 3,
-        "tracker": "none",
-        "ema_decay": 0.9,
-    },
-}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A folder holding the tiny config, with every cache and tracker file kept inside it."""
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "runs")}))
-    for key, sub in (("HF_HOME", "hf"), ("WANDB_DIR", "wandb"), ("WANDB_CONFIG_DIR", "wandb"), ("MPLCONFIGDIR", "mpl")):
-        monkeypatch.setenv(key, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path
-
-
-WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes
-
-
-def model_state(workdir: Path, name: str, checkpoint: str | None = None) -> dict[str, torch.Tensor]:
-    """The exported EMA weights of a run, or the raw weights of one of its checkpoints."""
-    run = workdir / "runs" / name
-    folder = run / "checkpoints" / checkpoint / "tokenizer" if checkpoint else run / "model"
-    return load_file(folder / WEIGHTS)
 
 
 def test_a_run_folder_holds_everything_and_the_model_reloads(workdir):
@@ -85,9 +40,19 @@ def test_a_run_folder_holds_everything_and_the_model_reloads(workdir):
     raw = Tokenizer.from_pretrained(checkpoint / "tokenizer").state_dict()
     assert not all(torch.equal(raw[key], exported[key]) for key in exported)
 
-    evaluation = genkit(workdir, "eval-tokenizer", "runs/tiny")
+    evaluation = genkit(workdir, "eval-tokenizer", "runs/tiny", "--extractor", "digits")
     assert evaluation.returncode == 0, evaluation.stderr
-    header = ["model", "codebook_size", "psnr", "ssim", "codebook_usage", "perplexity", "images_per_second"]
+    header = [
+        "model",
+        "codebook_size",
+        "psnr",
+        "ssim",
+        "lpips",
+        "rfd",
+        "codebook_usage",
+        "perplexity",
+        "images_per_second",
+    ]
     assert evaluation.stdout.splitlines()[0].split() == header
     assert (run / "eval.json").exists()
     assert f"W&B offline run: runs/tiny/wandb/{offline_run.name}" in evaluation.stdout

@@ -1,0 +1,64 @@
+"""The tokenizer losses side by side: L1 alone, + perceptual, + perceptual + adversarial, two seeds each.
+
+Runs `genkit compare` on configs/compare/bench_tokenizer_losses_{digits,crops}.yaml (their comments give the
+protocol; runs are trained there, finished ones reused) and prints, per data set and loss, the mean over seeds of
+PSNR, SSIM, rFD (digit features) or rFID (Inception), codebook usage and training images/s (the median over the
+second half of training), with the spread (max - min over the seeds) of each. `--only digits|crops`. Results go to
+runs/bench_tokenizer_losses.json.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from genkit import compare
+from genkit.checkpoint import write_json
+from genkit.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+LOSSES = ("l1", "perceptual", "adversarial")
+COLUMNS = ("psnr", "ssim", "rfd", "codebook_usage", "train_images_per_second")
+
+
+def training_speed(run: Path) -> float:
+    """Median training images/s the run logged over its second half (where the discriminator, if any, trains)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "images_per_second" in r]
+    return statistics.median(r["images_per_second"] for r in logged if r["step"] > logged[-1]["step"] // 2)
+
+
+def by_loss(result: dict, run_root: Path) -> dict[str, dict[str, list[float]]]:
+    """loss -> column -> its value for each seed."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for cell in compare.cells(result):
+        loss = cell["run"].split("_")[1]
+        values = cell | {"train_images_per_second": training_speed(run_root / cell["run"])}
+        for column in COLUMNS:
+            table.setdefault(loss, {}).setdefault(column, []).append(values[column])
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("digits", "crops"), help="one data set")
+    only = parser.parse_args().only
+    data_sets = [only] if only else ["digits", "crops"]
+    report = {}
+    for data in data_sets:
+        config = load_config(REPO / f"configs/compare/bench_tokenizer_losses_{data}.yaml")
+        result = compare.run(config)
+        report[data] = table = by_loss(result, REPO / "runs" / "bench_tokenizer_losses")
+        distance = "rFD (digits)" if data == "digits" else "rFID (Inception)"
+        print(f"\n{data}: mean (spread) over seeds; {distance} in the rfd column")
+        print(f"{'loss':<12}" + "".join(f"{column:>24}" for column in COLUMNS))
+        for loss in LOSSES:
+            cells = [(statistics.mean(v), max(v) - min(v)) for v in (table[loss][c] for c in COLUMNS)]
+            print(f"{loss:<12}" + "".join(f"{f'{mean:.4g} ({spread:.2g})':>24}" for mean, spread in cells))
+    output = REPO / "runs" / "bench_tokenizer_losses.json"
+    write_json(output, report)
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    main()
