@@ -39,7 +39,7 @@ class RunLog:
     def __init__(self, accelerator: Accelerator, run_dir: Path, tracker: str, config: dict, resumed: bool = False):
         self.accelerator, self.run_dir, self.tracker = accelerator, run_dir, tracker
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.logged_through = 0
+        self.logged_through = -1  # nothing yet: a comparison logs its one record at step 0
         if not accelerator.is_main_process:
             return
         id_path = run_dir / "wandb_id.txt"
@@ -61,7 +61,7 @@ class RunLog:
     def _complete_records(self) -> int:
         """The last step metrics.jsonl holds, after dropping a line a killed write left incomplete."""
         if not self.metrics_path.exists():
-            return 0
+            return -1
         records = []
         for line in self.metrics_path.read_text().splitlines():
             try:
@@ -69,7 +69,7 @@ class RunLog:
             except json.JSONDecodeError:
                 break
         write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
-        return max((record["step"] for record in records), default=0)
+        return max((record["step"] for record in records), default=-1)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Numbers at a step, to every tracker and to metrics.jsonl (not again for a step already logged)."""

@@ -143,6 +143,8 @@ def test_tokenizer_and_gan_runs_are_trained_then_compared_on_the_same_inputs(tmp
     assert all(r["psnr"] > 0 and -1 < r["ssim"] < 1 and 0 < r["codebook_usage"] <= 1 for r in rows)
     assert all(r["train_seconds"] > 0 for r in rows)
     assert (tmp_path / "runs" / "tok" / "plots" / "psnr_vs_codebook_size.png").exists()
+    grids = sorted(path.name for path in (tmp_path / "runs" / "tok" / "grids").rglob("*.png"))
+    assert grids == ["fsq_reconstruction_00000000.png", "vq_reconstruction_00000000.png"]
     # Run again: the finished runs are reused, not trained again.
     weights = tmp_path / "runs" / "fsq" / "model" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
