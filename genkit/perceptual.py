@@ -33,6 +33,7 @@ class LPIPS(nn.Module):
     def __init__(self, backbone: str = "vgg", weights_path: str | Path | None = None):
         super().__init__()
         import lpips  # noqa: PLC0415 (it imports torchvision's model zoo: only where LPIPS is asked for)
+
         name, url = backbone_weights(backbone)
         path = Path(weights_path) if weights_path else Path(torch.hub.get_dir()) / "checkpoints" / name
         if not path.is_file():
