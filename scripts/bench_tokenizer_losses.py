@@ -1,4 +1,4 @@
-"""The tokenizer losses side by side: L1 alone, + perceptual, + perceptual + adversarial, two seeds each.
+"""The tokenizer losses side by side: L1 alone, + perceptual, + perceptual + adversarial, + adversarial alone.
 
 Runs `genkit compare` on configs/compare/bench_tokenizer_losses_{digits,crops}.yaml (their comments give the
 protocol; runs are trained there, finished ones reused) and prints, per data set and loss, the mean over seeds of
@@ -17,7 +17,7 @@ from genkit.checkpoint import write_json
 from genkit.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
-LOSSES = ("l1", "perceptual", "adversarial")
+LOSSES = ("l1", "perceptual", "adversarial", "gan")  # gan: the adversarial term without the perceptual one
 COLUMNS = ("psnr", "ssim", "rfd", "codebook_usage", "train_images_per_second")
 
 

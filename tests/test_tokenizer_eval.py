@@ -159,6 +159,7 @@ def test_eval_tokenizer_prints_every_column_and_the_protocol(run_folder, network
     ]
 
 
+@pytest.mark.slow
 def test_two_ranks_evaluate_like_one(run_folder, network_file):
     # Batches of 3 of 16 images: six batches, three a rank, the last one short.
     command = ["eval-tokenizer", "runs/tokenizer", "--extractor-path", str(network_file), "--batch-size", "3"]

@@ -134,7 +134,7 @@ def metric_records(workdir, name: str) -> list[dict]:
     return [yaml.safe_load(line) for line in lines]
 
 
-def test_the_discriminator_starts_exactly_at_start_step_and_a_killed_run_resumes_exactly(workdir):
+def test_the_discriminator_starts_exactly_at_start_step(workdir):
     extractor = tiny_extractor(workdir / "tiny.pt")
     steps = ["train.steps=4", "train.checkpoint_every=1", "train.keep_last=4", "train.eval_every=4"]
     losses = with_losses(workdir, extractor, start_step=2)
@@ -157,14 +157,6 @@ def test_the_discriminator_starts_exactly_at_start_step_and_a_killed_run_resumes
     assert [r["step"] for r in records if "discriminator" in r] == [3, 4]
     assert all({"perceptual", "generator", "adaptive_weight", "logits_real", "penalty"} <= set(r) for r in records[2:])
     assert all("generator" not in r and "perceptual" in r for r in records[:2])
-
-    cut = genkit(workdir, "train", "tiny.yaml", "name=cut", "train.steps=3", *steps[1:], *losses)
-    assert cut.returncode == 0
-    resumed = genkit(workdir, "train", "tiny.yaml", "name=cut", *steps, *losses, "train.resume=latest")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 3" in resumed.stdout
-    for model in ("tokenizer", "discriminator"):
-        assert_same_weights(weights("both", 4, model), weights("cut", 4, model))
 
 
 @pytest.mark.slow
