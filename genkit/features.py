@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from genkit.digits import EPOCHS, DigitClassifier, DigitFeatures, digit_classifier
 from genkit.errors import GenkitError
@@ -51,7 +52,11 @@ class Extractor:
     @torch.no_grad()
     def features(self, images: Tensor, batch_size: int = 100) -> Tensor:
         """[N, D] float64 features on the CPU of images clamped to [-1, 1] (see embed)."""
-        return torch.cat([self.embed(batch.float().clamp(-1, 1)).double().cpu() for batch in images.split(batch_size)])
+        batches = images.split(batch_size)
+        # A bar for many batches, on the first process only (the only one when no process group is running).
+        quiet = len(batches) < 2 or (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
+        progress = tqdm(batches, desc=f"{self.name} features", unit="batch", leave=False, disable=quiet)
+        return torch.cat([self.embed(batch.float().clamp(-1, 1)).double().cpu() for batch in progress])
 
     def protocol(self) -> dict:
         """What a reader needs to reproduce a number made with these features."""

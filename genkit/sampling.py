@@ -1,32 +1,57 @@
-"""`genkit sample`: samples of a trained run, written as safetensors and a picture, the same for any process count.
+"""`genkit sample`: samples of a trained run, written for FID tools and as a picture, the same for any process count.
 
 Sample i always starts from the noise of generator seed (seed, i), so a sample count split over any number of
-processes gives the same samples, gathered back in order. A flow run is solved through its Field (genkit.fields):
-any solver at an exact NFE, on its rectified `uniform` schedule or on a sigma schedule. A GAN run samples its
-generator, optionally refined by Euler steps along its critic's field.
+processes gives the same samples, gathered back in order. They are drawn in batches of at most `batch_size` a
+process, and batch k always holds samples [k batch_size, (k + 1) batch_size), so a sample is computed by the same
+operations for any process count; with another batch size it differs at most by round-off, as matrix kernels are
+picked by row count. A flow run is solved through its Field (genkit.fields): any solver at an exact NFE, on its
+rectified `uniform` schedule or on a sigma schedule. A GAN run samples its generator, optionally refined by Euler
+steps along its critic's field.
+
+Outputs under <model run>/samples/<setting>_seed<seed>, always with a picture `<stem>.png` (a grid of the first 64
+images, or a scatter plot of the points), by `output`:
+- safetensors: `<stem>.safetensors`, float `samples` [N, *shape] as the model gives them, points or images (all
+  held in memory until written);
+- png: `<stem>/000000.png`, ...: one uint8 PNG per image, named by sample index, written batch by batch;
+- npz: `<stem>.npz` with `arr_0` uint8 [N, H, W, C], streamed batch by batch: the layout of the ADM (guided-diffusion)
+  evaluation suite and of clean-fid.
+png and npz hold round((x + 1) 127.5) clamped to [0, 255] of images x in [-1, 1], and refuse points; with them the
+memory of a run grows with its batch size, not with its sample count.
 """
 
-from collections.abc import Callable
+import dataclasses
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from accelerate import PartialState
 from accelerate.utils import gather_object
+from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor
 from torchvision.utils import save_image
+from tqdm.auto import tqdm
 
 import samplers
+from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.fields import load_flow_run
 from genkit.models import load_gan
 from genkit.predictors import load_predictor
 from genkit.processes import process_state
-from genkit.runs import model_folder, read_run_config
+from genkit.runs import model_folder, read_run_config, run_data
+from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, solve_on_timesteps
 from genkit.tracking import image_grid
 from genkit.velocity import GradientField
 
 DEFAULT_SOLVER, DEFAULT_NFE = "euler", 4
+DEFAULT_BATCH_SIZE = 256
+OUTPUTS = {"safetensors": ".safetensors", "png": "", "npz": ".npz"}  # --format: the suffix of <stem> it writes
+PICTURE_SAMPLES = 64
 
 
 def initial_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> Tensor:
@@ -45,18 +70,36 @@ def refine(field: GradientField, x: Tensor, steps: int, step_size: float) -> Ten
 def flow_sampler(
     folder: Path, device: torch.device, seed: int, solver: str, nfe: int | None, schedule: str | None, predictor
 ) -> tuple[Callable[[list[int]], Tensor], str]:
-    """(indices -> samples of the run's velocity model with `solver`, the name of the setting)."""
+    """(indices -> samples of the run's velocity model with `solver`, the name of the setting).
+
+    `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.saved_schedules),
+    whose timesteps fix the NFE; a predictor distilled on a saved schedule brings its own (model/schedule.json).
+    """
     field = load_flow_run(folder, device)
     spec, solver_opts = samplers.solver_spec(solver), None
+    saved = None if schedule in (None, *samplers.SCHEDULES) else load_schedule(Path(schedule), field)
     if not spec.predictor:
         if predictor is not None:
             raise GenkitError(f"--predictor is for the AMED solvers (amed, amed_plugin), not {solver}")
+        if saved is not None:
+            if nfe not in (None, saved.nfe(solver)):
+                raise GenkitError(
+                    f"the schedule in {schedule} gives {solver} {saved.nfe(solver)} evaluations, not --nfe {nfe}; "
+                    "drop --nfe"
+                )
+            nfe = saved.nfe(solver)
         nfe, schedule = DEFAULT_NFE if nfe is None else nfe, schedule or field.default_schedule(solver)
     elif predictor is None:
         raise GenkitError(f"--solver {solver} needs --predictor PATH, a predictor distilled for this run")
     else:
         model = load_predictor(predictor, field.field_id).to(device)
         settings = model.tied_settings
+        own = Path(predictor) / PREDICTOR_SCHEDULE
+        if own.is_file():  # distilled on a saved schedule: its timesteps, not the named schedule, are the predictor's
+            saved = load_schedule(own, field)
+            settings = dataclasses.replace(
+                settings, nfe=saved.nfe(settings.solver, afs=settings.afs), schedule=str(own)
+            )
         wanted = {
             "solver": (solver, settings.solver),
             "nfe": (nfe, settings.nfe),
@@ -73,6 +116,13 @@ def flow_sampler(
                 f"{settings.schedule} schedule; drop or change {', '.join(changed)}"
             )
         nfe, schedule, solver_opts = settings.nfe, settings.schedule, settings.solver_options(model)
+    if saved is not None:
+
+        def draw(indices: list[int]) -> Tensor:
+            noise = initial_noise(indices, field.shape, seed).to(device)
+            return solve_on_timesteps(field, noise, solver, saved.timesteps, solver_opts)
+
+        return draw, f"{solver}_nfe{nfe}_{saved.name}"
     field.form(schedule, solver)  # a schedule or solver that does not fit the field fails before any sampling
 
     def draw(indices: list[int]) -> Tensor:
@@ -95,6 +145,76 @@ def gan_sampler(
     return draw
 
 
+def sample_batches(
+    draw: Callable[[list[int]], Tensor], num: int, batch_size: int, state: PartialState
+) -> Iterator[Tensor]:
+    """Samples 0..num-1 in batches of `batch_size`, yielded in order on every process.
+
+    Batch k holds samples [k batch_size, (k + 1) batch_size) and process p draws batches p, p + P, ...: a sample is
+    computed in the same batch, at the same row, whatever the process count.
+    """
+    batches = [list(range(start, min(start + batch_size, num))) for start in range(0, num, batch_size)]
+    for first in range(0, len(batches), state.num_processes):
+        mine = first + state.process_index
+        local = draw(batches[mine]).cpu() if mine < len(batches) else torch.empty(0)
+        yield from (part for part in gather_object([local]) if len(part))
+
+
+def as_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] (N, C, H, W) as uint8 (N, H, W, C): round((x + 1) 127.5), clamped to [0, 255]."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@contextmanager
+def safetensors_writer(path: Path) -> Iterator[Callable[[Tensor], None]]:
+    """Batches kept in memory, then written as one float tensor `samples` [N, *shape]."""
+    batches = []
+    yield batches.append
+    save_file({"samples": torch.cat(batches).contiguous()}, path)
+
+
+@contextmanager
+def png_writer(folder: Path, num: int) -> Iterator[Callable[[Tensor], None]]:
+    """Image batches in sample order, each image written at once as <folder>/<index, zero-padded>.png (uint8)."""
+    folder.mkdir(exist_ok=True)
+    for stale in folder.glob("*.png"):  # FID tools read every image in the folder, a larger earlier run's too
+        stale.unlink()
+    width = max(6, len(str(num - 1)))
+    names = (folder / f"{index:0{width}d}.png" for index in range(num))
+
+    def write(batch: Tensor) -> None:
+        for image in as_uint8(batch).numpy():
+            Image.fromarray(image.squeeze(2) if image.shape[2] == 1 else image).save(next(names))
+
+    yield write
+
+
+@contextmanager
+def npz_writer(path: Path, num: int, shape: tuple[int, ...]) -> Iterator[Callable[[Tensor], None]]:
+    """Image batches in sample order, streamed into an .npz whose arr_0 is uint8 [num, H, W, C] (as np.savez).
+
+    The file appears only once complete.
+    """
+    channels, height, width = shape
+    header = {"descr": "|u1", "fortran_order": False, "shape": (num, height, width, channels)}
+    partial = path.with_name(f"{path.name}.partial")
+    with zipfile.ZipFile(partial, "w") as archive, archive.open("arr_0.npy", "w", force_zip64=True) as entry:
+        np.lib.format.write_array_header_1_0(entry, header)
+        yield lambda batch: entry.write(as_uint8(batch).numpy().tobytes())
+    partial.replace(path)
+
+
+def sample_writer(
+    output: str, path: Path, num: int, shape: tuple[int, ...]
+) -> AbstractContextManager[Callable[[Tensor], None]]:
+    """The writer of `output` (one of OUTPUTS) at `path`: a context giving a function that takes each batch."""
+    if output == "png":
+        return png_writer(path, num)
+    if output == "npz":
+        return npz_writer(path, num, shape)
+    return safetensors_writer(path)
+
+
 @torch.no_grad()
 def draw_samples(
     run: Path,
@@ -106,17 +226,26 @@ def draw_samples(
     predictor: Path | None = None,
     refine_steps: int = 0,
     refine_step_size: float = 0.01,
-) -> tuple[Tensor, Path]:
-    """`num` samples of the run's model, identical for any process count; written under <model run>/samples/.
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    output: str = "safetensors",
+) -> list[Path]:
+    """`num` samples of the run's model, identical for any process count, written under <model run>/samples/.
 
     Flow runs: AMED solvers need the `predictor` distilled for this run, which fixes the NFE and schedule; the
     others default to Euler at NFE 4 on the field's native schedule. GAN runs: the generator, optionally
-    refined by `refine_steps` Euler steps along its critic's field.
+    refined by `refine_steps` Euler steps along its critic's field. Each process draws `batch_size` samples at a
+    time; the main process writes them as `output` (see OUTPUTS) and a picture. Returns [samples path, picture].
     """
     if num < 1:
         raise GenkitError(f"the number of samples must be at least 1, got {num}")
     state = process_state()
     folder = model_folder(run)
+    shape = data_shape(run_data(folder))
+    if output != "safetensors" and len(shape) != 3:
+        raise GenkitError(
+            f"--format {output} writes uint8 images for FID tools; this run samples points of shape {shape}: "
+            "use --format safetensors"
+        )
     if read_run_config(folder)["task"] == "gan":
         if (solver, nfe, schedule, predictor) != (None, None, None, None):
             raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
@@ -126,22 +255,29 @@ def draw_samples(
         if refine_steps:
             raise GenkitError("--refine-steps follows a GAN critic; this run holds a velocity model")
         draw, name = flow_sampler(folder, state.device, seed, solver or DEFAULT_SOLVER, nfe, schedule, predictor)
-    with state.split_between_processes(list(range(num))) as indices:
-        local = draw(indices).cpu() if indices else torch.empty(0)
-    samples = torch.cat(gather_object([local]))
     stem = folder / "samples" / f"{name}_seed{seed}"
+    path, picture = Path(f"{stem}{OUTPUTS[output]}"), Path(f"{stem}.png")
     if state.is_main_process:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"samples": samples.contiguous()}, f"{stem}.safetensors")
-        save_picture(samples, Path(f"{stem}.png"))
+    writer = sample_writer(output, path, num, shape) if state.is_main_process else nullcontext(lambda batch: None)
+    progress = tqdm(total=num, desc="sampling", unit="sample", disable=not state.is_main_process)
+    shown = []  # the picture's samples: the first PICTURE_SAMPLES images, or every point
+    with writer as write, progress:
+        for batch in sample_batches(draw, num, batch_size, state):
+            write(batch)
+            if len(shape) != 3 or sum(map(len, shown)) < PICTURE_SAMPLES:
+                shown.append(batch)
+            progress.update(len(batch))
+    if state.is_main_process:
+        save_picture(torch.cat(shown), picture)
     state.wait_for_everyone()
-    return samples, stem
+    return [path, picture]
 
 
 def save_picture(samples: Tensor, path: Path) -> None:
-    """Images as a grid, 2-D points as a scatter plot."""
+    """Images as a grid of the first PICTURE_SAMPLES, 2-D points as a scatter plot."""
     if samples.ndim == 4:
-        save_image(image_grid(samples[:64]).float() / 255, path)
+        save_image(image_grid(samples[:PICTURE_SAMPLES]).float() / 255, path)
         return
     figure, axes = plt.subplots(figsize=(4, 4))
     axes.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)

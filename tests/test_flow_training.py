@@ -116,15 +116,20 @@ def test_sampling_gives_the_same_samples_on_one_or_two_processes(reflow_run):
     assert one.returncode == 0, one.stderr[-2000:]
     path = folder / "runs" / "toy" / "distill" / "samples" / "heun_nfe4_uniform_seed3.safetensors"
     single = load_file(path)["samples"]
+    batched = genkit(folder, *args, "--batch-size", "3")
+    assert batched.returncode == 0, batched.stderr[-2000:]
+    in_threes = load_file(path)["samples"]
     path.unlink()
-    two = genkit_on_two_ranks(folder, *args)
+    two = genkit_on_two_ranks(folder, *args, "--batch-size", "3")
     assert two.returncode == 0, two.stderr[-2000:]
     assert "on 2 process(es)" in two.stdout and "on 1 process(es)" in one.stdout
     assert single.shape == (37, 2)
-    # Per sample the same float32 operations, but in GEMMs of another batch size, whose blocking changes the
-    # round-off of each 320-term dot product (up to 320 x 6e-8 = 2e-5 of its magnitude, ~1 here); a wrong noise
-    # index or sample order moves samples by ~1.
-    torch.testing.assert_close(load_file(path)["samples"], single, rtol=0, atol=1e-4)
+    # Batch k holds samples 3k..3k+2 on any number of processes, so every sample is computed by the same operations.
+    assert torch.equal(load_file(path)["samples"], in_threes)
+    # Another batch size runs the same float32 operations per sample, but in GEMMs of another row count, whose
+    # kernel choice changes the round-off of each 320-term dot product (up to 320 x 6e-8 = 2e-5 of its magnitude,
+    # ~1 here); a wrong noise index or sample order moves samples by ~1.
+    torch.testing.assert_close(in_threes, single, rtol=0, atol=1e-4)
     assert path.with_suffix(".png").stat().st_size > 0
 
 
