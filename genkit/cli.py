@@ -15,9 +15,13 @@ from genkit.config import TASKS, Range, load_config
 from genkit.configs import shipped
 from genkit.errors import GenkitError, TrainingStopped
 from genkit.features import EXTRACTORS
+from genkit.fields import FieldConfig
+from genkit.learned_schedules import learn_schedule
 from genkit.perceptual import LPIPS_BACKBONES
 from genkit.processes import process_state
-from genkit.sampling import draw_samples
+from genkit.runs import model_folder
+from genkit.sampling import DEFAULT_BATCH_SIZE, OUTPUTS, draw_samples
+from genkit.saved_schedules import load_schedule, save_schedule, search_schedule
 from genkit.tokenizer_eval import BATCH_SIZE
 from genkit.train import TRAINERS
 from genkit.train import train as train_task
@@ -26,6 +30,7 @@ from genkit.train.reflow import format_summary
 POSITIVE = Range(minimum=1).argument(int)
 COUNT = Range(minimum=0).argument(int)
 STEP_SIZE = Range(above=0).argument(float)
+GRID = Range(minimum=3).argument(int)
 
 
 def list_solvers(args: argparse.Namespace) -> None:
@@ -75,9 +80,9 @@ def eval_tokenizer(args: argparse.Namespace) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
-    """Sample a trained flow (a solver at an exact NFE) or GAN (generator, critic refinement); tensor and picture."""
+    """Sample a trained flow (a solver at an exact NFE) or GAN (generator, critic refinement); samples and picture."""
     predictor = Path(args.predictor) if args.predictor else None
-    samples, stem = draw_samples(
+    written = draw_samples(
         Path(args.run_dir),
         args.solver,
         args.nfe,
@@ -87,10 +92,64 @@ def sample(args: argparse.Namespace) -> None:
         predictor,
         args.refine_steps,
         args.refine_step_size,
+        args.batch_size,
+        args.format,
     )
     state = process_state()
     if state.is_main_process:
-        print(f"{len(samples)} samples on {state.num_processes} process(es): {stem}.safetensors, {stem}.png")
+        print(f"{args.num} samples on {state.num_processes} process(es): {', '.join(map(str, written))}")
+
+
+def schedule_search(args: argparse.Namespace) -> None:
+    """GITS: the schedule of a solver at an exact NFE on a run's model, found by dynamic programming, saved as JSON."""
+    run = Path(args.run_dir)
+    diffusers = (run / "unet").is_dir()
+    state = process_state()
+    field = FieldConfig(kind="diffusers" if diffusers else "flow_run", path=str(run)).load(state.device)
+    options = {"grid_points": args.grid_points, "teacher_steps": args.teacher_steps, "num_samples": args.samples}
+    found = search_schedule(field, args.solver, args.nfe, args.schedule, **options, seed=args.seed, device=state.device)
+    out = Path(args.out) if args.out else (run if diffusers else model_folder(run)) / "schedules" / f"{found.name}.json"
+    found.name = out.stem
+    if state.is_main_process:
+        save_schedule(found, out)
+        settings, family = found.settings, found.settings["schedule"]
+        print(
+            f"{out}: {args.solver} at NFE {args.nfe}, {len(found.timesteps) - 1} steps out of {args.grid_points} "
+            f"{family} times, in {settings['seconds']:.1f} s"
+        )
+        print(f"timesteps ({found.time}): {', '.join(f'{t:.6g}' for t in found.timesteps.tolist())}")
+        print(
+            f"RMSE to the teacher on the search noise: {settings['rmse_to_teacher']:.4g} searched, "
+            f"{settings[f'rmse_to_teacher_{family}']:.4g} on {family}"
+        )
+
+
+def schedule_learn(args: argparse.Namespace) -> None:
+    """LD3: a solver's timesteps at an exact NFE on a run's model, fitted by Adam to a teacher, saved as JSON."""
+    run = Path(args.run_dir)
+    diffusers = (run / "unet").is_dir()
+    state = process_state()
+    field = FieldConfig(kind="diffusers" if diffusers else "flow_run", path=str(run)).load(state.device)
+    initial = load_schedule(Path(args.init), field) if args.init else None
+    options = {"iterations": args.steps, "num_samples": args.samples, "teacher_steps": args.teacher_steps}
+    options |= {"batch_size": args.batch_size, "seed": args.seed, "device": state.device}
+    learned = learn_schedule(field, args.solver, args.nfe, args.schedule, initial, **options)
+    out = (
+        Path(args.out) if args.out else (run if diffusers else model_folder(run)) / "schedules" / f"{learned.name}.json"
+    )
+    learned.name = out.stem
+    if state.is_main_process:
+        save_schedule(learned, out)
+        settings = learned.settings
+        print(
+            f"{out}: {args.solver} at NFE {args.nfe}, {len(learned.timesteps) - 1} steps from {settings['init']}, "
+            f"{args.steps} Adam steps in {settings['seconds']:.1f} s"
+        )
+        print(f"timesteps ({learned.time}): {', '.join(f'{t:.6g}' for t in learned.timesteps.tolist())}")
+        print(
+            f"RMSE to the teacher on the training noise: {settings['rmse_to_teacher']:.4g} learned, "
+            f"{settings['rmse_to_teacher_init']:.4g} initial"
+        )
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,6 +167,28 @@ def add_config_command(commands, name: str, purpose: str, epilog: str, what: str
     command.set_defaults(handler=handler)
 
 
+def schedule_name_or_file(value: str) -> str:
+    """An argparse type: one of samplers.SCHEDULES, or an existing file (a saved schedule)."""
+    if value in samplers.SCHEDULES or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a schedule ({', '.join(samplers.SCHEDULES)}) nor a file")
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser, schedule_help: str) -> None:
+    """The arguments `genkit schedule search` and `genkit schedule learn` share: the model, solver, NFE, schedule."""
+    parser.add_argument(
+        "run_dir", metavar="RUN", help="a flow or ReFlow run folder, or a diffusers model folder (unet/, scheduler/)"
+    )
+    parser.add_argument("--solver", default="euler", choices=list(samplers.BASELINES), help="default euler")
+    parser.add_argument("--nfe", type=POSITIVE, required=True, help="exact number of network evaluations")
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=list(samplers.SCHEDULES),
+        help=f"{schedule_help} (default: the solver's usual one on this model)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="genkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genkit {__version__}")
@@ -121,6 +202,52 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.set_defaults(handler=show_config)
     comparisons = f"shipped configs: {', '.join(name for name in shipped() if name.startswith('compare/'))}"
     add_config_command(commands, "compare", "compare methods", comparisons, "the comparison's config", compare)
+    schedule_parser = commands.add_parser("schedule", help="time schedules as files: genkit schedule search RUN ...")
+    schedule_actions = schedule_parser.add_subparsers(dest="action", required=True, parser_class=Parser)
+    search_parser = schedule_actions.add_parser(
+        "search",
+        help="GITS: a solver's timesteps at an exact NFE by dynamic programming: genkit schedule search RUN --nfe 5",
+        description=schedule_search.__doc__,
+    )
+    add_schedule_arguments(search_parser, "the schedule whose fine grid the steps are picked from")
+    search_parser.add_argument("--grid-points", type=GRID, default=128, help="times of the fine grid (default 128)")
+    search_parser.add_argument(
+        "--teacher-steps", type=COUNT, default=1, help="Heun teacher: extra steps inside each grid interval (default 1)"
+    )
+    search_parser.add_argument(
+        "--samples", type=POSITIVE, default=256, help="noise draws the teacher solves (default 256)"
+    )
+    search_parser.add_argument("--seed", type=COUNT, default=0, help="seed of the search's noise")
+    search_parser.add_argument(
+        "--out",
+        default=None,
+        help="the JSON file to write (default: <model run>/schedules/gits_<solver>_nfe<N>_<schedule>.json)",
+    )
+    search_parser.set_defaults(handler=schedule_search)
+    learn_parser = schedule_actions.add_parser(
+        "learn",
+        help="LD3: a solver's timesteps at an exact NFE fitted to a teacher: genkit schedule learn RUN --nfe 5",
+        description=schedule_learn.__doc__,
+    )
+    add_schedule_arguments(learn_parser, "the schedule the times start from")
+    learn_parser.add_argument(
+        "--init", default=None, help="start from this saved schedule file instead (e.g. genkit schedule search's)"
+    )
+    learn_parser.add_argument("--steps", type=POSITIVE, default=300, help="Adam steps (default 300)")
+    learn_parser.add_argument("--samples", type=POSITIVE, default=256, help="noise draws (default 256)")
+    learn_parser.add_argument(
+        "--batch-size", type=POSITIVE, default=None, help="draws solved a step (default: all of them)"
+    )
+    learn_parser.add_argument(
+        "--teacher-steps", type=POSITIVE, default=64, help="steps of the Heun teacher (default 64)"
+    )
+    learn_parser.add_argument("--seed", type=COUNT, default=0, help="seed of the noise")
+    learn_parser.add_argument(
+        "--out",
+        default=None,
+        help="the JSON file to write (default: <model run>/schedules/ld3_<solver>_nfe<N>_<init>.json)",
+    )
+    learn_parser.set_defaults(handler=schedule_learn)
     eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
     eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
     eval_parser.add_argument(
@@ -153,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument(
         "--schedule",
         default=None,
-        choices=list(samplers.SCHEDULES),
-        help="default: the run's own time (uniform for a flow); a sigma schedule solves it in EDM form",
+        type=schedule_name_or_file,
+        help="a schedule's name or a saved schedule file (genkit schedule search); default: the run's own time "
+        "(uniform for a flow); a sigma schedule solves it in EDM form",
     )
     sample_parser.add_argument(
         "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
@@ -165,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--refine-step-size", type=STEP_SIZE, default=0.01, help="GAN runs: the Euler step")
     sample_parser.add_argument("--num", type=POSITIVE, default=64, help="how many samples")
     sample_parser.add_argument("--seed", type=COUNT, default=0)
+    sample_parser.add_argument(
+        "--batch-size",
+        type=POSITIVE,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"samples a batch and process (default {DEFAULT_BATCH_SIZE})",
+    )
+    sample_parser.add_argument(
+        "--format",
+        default="safetensors",
+        choices=list(OUTPUTS),
+        help="safetensors: float samples in one file (default); png: a folder of uint8 images, one per sample; "
+        "npz: uint8 arr_0 [N, H, W, C] as ADM's evaluation suite and clean-fid read it. A picture is always written",
+    )
     sample_parser.set_defaults(handler=sample)
     return parser
 

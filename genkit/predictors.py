@@ -2,12 +2,15 @@
 
 A predictor is distilled for one field, one student solver (and plugin base), one schedule of N timestamps, AFS on
 or off and one kind of input features (docs/amed.md §10-11); `PredictorModel` saves it with the id of that field and
-those settings, and `load_predictor` refuses it, naming each mismatch, for any other use.
+those settings, and `load_predictor` refuses it, naming each mismatch, for any other use. A predictor distilled with
+the data-aware first step (amed.afs_from: data) also keeps the data's per-dimension mean and variance, as buffers
+saved with its weights, and its solver options pass them on (samplers.amed.gaussian_first_slope).
 """
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
@@ -58,7 +61,7 @@ class PredictorSettings:
 
     def solver_options(self, predictor: "PredictorModel") -> dict:
         """Keyword arguments of samplers.amed / amed_plugin for this predictor."""
-        options = {"predictor": predictor, "afs": self.afs}
+        options = {"predictor": predictor, "afs": self.afs} | predictor.afs_options()
         if self.solver == "amed_plugin":
             options |= {"base": self.base, "max_order": self.max_order}
         return options
@@ -69,10 +72,14 @@ class PredictorSettings:
 
 
 class PredictorModel(ModelMixin, ConfigMixin):
-    """An AMEDPredictor (docs/amed.md §5) saved with the id of the field it was distilled for and its settings."""
+    """An AMEDPredictor (docs/amed.md §5) saved with the id of the field it was distilled for and its settings.
+
+    `afs_shape`, the shape of one sample, when it keeps the data's mean and variance for the data-aware first step
+    (buffers `afs_mean`, `afs_var`, set by `set_afs_statistics`); None for the zero-mean one.
+    """
 
     @register_to_config
-    def __init__(self, field_id: str = "", settings: dict | None = None):
+    def __init__(self, field_id: str = "", settings: dict | None = None, afs_shape: list[int] | None = None):
         super().__init__()
         self.tied_settings = PredictorSettings(**(settings or {}))
         self.register_to_config(settings=self.tied_settings.tied())
@@ -81,6 +88,22 @@ class PredictorModel(ModelMixin, ConfigMixin):
             scale_dir=self.tied_settings.scale_dir,
             scale_time=self.tied_settings.scale_time,
         )
+        if afs_shape is not None:
+            if not self.tied_settings.afs:
+                raise GenkitError("a predictor without AFS (afs: false) has no first step to keep data statistics for")
+            self.register_buffer("afs_mean", torch.zeros(afs_shape))
+            self.register_buffer("afs_var", torch.zeros(afs_shape))
+
+    def set_afs_statistics(self, mean: Tensor, variance: Tensor) -> None:
+        """Keep the data's per-dimension mean and variance (shape afs_shape) for the data-aware first step."""
+        if self.config.afs_shape is None:
+            raise GenkitError("this predictor keeps no AFS statistics; build it with afs_shape, the sample shape")
+        self.afs_mean.copy_(mean)
+        self.afs_var.copy_(variance)
+
+    def afs_options(self) -> dict:
+        """{"afs_mean", "afs_var"} of samplers.amed when it keeps them, else {} (the zero-mean first step)."""
+        return {} if self.config.afs_shape is None else {"afs_mean": self.afs_mean, "afs_var": self.afs_var}
 
     @property
     def features(self) -> str:

@@ -76,6 +76,25 @@ def intermediate_time(t: Tensor, t_next: Tensor, r: Tensor) -> Tensor:
     return t ** (1 - r) * t_next**r
 
 
+def gaussian_first_slope(x: Tensor, sigma: Tensor | float, mean: Tensor, variance: Tensor | float) -> Tensor:
+    """The exact EDM slope (x - D(x; sigma)) / sigma for data N(mean, variance): AFS exact for Gaussian data.
+
+    D(x; sigma) = mean + variance / (variance + sigma^2) (x - mean), per dimension (docs/amed.md §3.4); `mean` and
+    `variance` broadcast against one sample (a scalar variance is isotropic). Zero mean and variance -> 0 give
+    x / sigma, the zero-mean AFS up to its factor sigma / sqrt(1 + sigma^2).
+    """
+    mean, variance = (torch.as_tensor(value).to(x) for value in (mean, variance))
+    denoised = mean + variance / (variance + sigma**2) * (x - mean)
+    return (x - denoised) / sigma
+
+
+def _afs_statistics(mean: Tensor | None, variance: Tensor | float | None) -> tuple[Tensor, Tensor] | None:
+    """(mean, variance) of the data-aware AFS, or None for the zero-mean one; both or neither must be given."""
+    if (mean is None) != (variance is None):
+        raise SamplerError("the data-aware first step needs both afs_mean and afs_var (or neither, for zero mean)")
+    return None if mean is None else (mean, variance)
+
+
 def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
     timesteps = as_timesteps(timesteps, x)
     if (timesteps <= 0).any():
@@ -84,11 +103,20 @@ def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
 
 
 def _predicted_interval(
-    field: Field, x: Tensor, i: int, t: Tensor, t_next: Tensor, predictor: Predictor, afs: bool, callback: Callback
+    field: Field,
+    x: Tensor,
+    i: int,
+    t: Tensor,
+    t_next: Tensor,
+    predictor: Predictor,
+    afs: bool,
+    callback: Callback,
+    statistics: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(d_n, r, c, a, s_n) for interval i; `afs`: the slope is x / sqrt(1 + t^2), features zero, no call."""
+    """(d_n, r, c, a, s_n) for interval i; `afs`: features zero, no call, and the slope x / sqrt(1 + t^2), or the
+    exact slope of data N(mean, variance) when `statistics` gives them."""
     if afs:
-        d = x / math.sqrt(1 + t.item() ** 2)
+        d = x / math.sqrt(1 + t.item() ** 2) if statistics is None else gaussian_first_slope(x, t.item(), *statistics)
         features = torch.zeros(x.shape[0], FEATURE_SIZE, device=x.device, dtype=x.dtype)
     elif getattr(predictor, "features", "slope") == "bottleneck":
         d, features = velocity_and_bottleneck(field, x, batch_time(t, x))
@@ -122,14 +150,17 @@ def amed(
     predictor: Predictor,
     afs: bool = True,
     callback: Callback = None,
+    afs_mean: Tensor | None = None,
+    afs_var: Tensor | float | None = None,
 ) -> Tensor:
     """AMED-Solver: s = t_n^(1-r) t_{n+1}^r, x_s = x_n + (s - t_n) d_n, x_{n+1} = x_n + c (t_{n+1} - t_n) d_s.
 
-    d_s = a v(x_s, a s). Costs 2 evaluations an interval, one fewer with AFS (no evaluation at t_0).
+    d_s = a v(x_s, a s). Costs 2 evaluations an interval, one fewer with AFS (no evaluation at t_0); `afs_mean` and
+    `afs_var` make that first slope the exact one of data N(afs_mean, afs_var) (gaussian_first_slope).
     """
-    timesteps = _checked(timesteps, x, "amed")
+    timesteps, statistics = _checked(timesteps, x, "amed"), _afs_statistics(afs_mean, afs_var)
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
-        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs and i == 0, callback)
+        d, r, c, a, s = _predicted_interval(field, x, i, t, t_next, predictor, afs and i == 0, callback, statistics)
         d_s = _mean_slope(field, x + _per_sample(s - t, x) * d, s, a)
         x = x + _per_sample(c * (t_next - t), x) * d_s
     return x
@@ -157,12 +188,16 @@ def amed_plugin_step(
     max_order: int = 4,
     index: int = 0,
     callback: Callback = None,
+    afs_mean: Tensor | None = None,
+    afs_var: Tensor | float | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """One AMED-Plugin interval t -> s -> t_next: (x_{n+1}, the base solver's history for the next interval).
 
-    `history` is [] on the first interval; `afs` replaces the evaluation at t (the first interval only).
+    `history` is [] on the first interval; `afs` replaces the evaluation at t (the first interval only), with the
+    exact slope of data N(afs_mean, afs_var) when they are given.
     """
-    d, r, c, a, s = _predicted_interval(field, x, index, t, t_next, predictor, afs, callback)
+    statistics = _afs_statistics(afs_mean, afs_var)
+    d, r, c, a, s = _predicted_interval(field, x, index, t, t_next, predictor, afs, callback, statistics)
     if base == "ipndm":
         history = [d, *history[: max_order - 1]]
         x_s = x + _per_sample(s - t, x) * _adams_bashforth(history)
@@ -192,6 +227,8 @@ def amed_plugin(
     afs: bool = True,
     max_order: int = 4,
     callback: Callback = None,
+    afs_mean: Tensor | None = None,
+    afs_var: Tensor | float | None = None,
 ) -> Tensor:
     """AMED-Plugin (docs/amed.md §4): the predicted s_n inserted into a base solver, 2 evaluations an interval.
 
@@ -200,15 +237,17 @@ def amed_plugin(
     ipndm: both sub-steps t_n -> s -> t_{n+1} are Adams-Bashforth steps on the history of slopes at every
     t and s point (equal-step weights, order ramping up to max_order), c scaling the second;
     dpmpp_2m: s_n is one more node of DPM-Solver++(2M) (data prediction), c scaling the second increment.
+    `afs_mean` and `afs_var`: the AFS slope is the exact one of data N(afs_mean, afs_var), as in amed.
     """
     if base not in PLUGIN_BASES:
         raise SamplerError(f"amed_plugin base {base!r} is not one of: {', '.join(PLUGIN_BASES)}")
     if max_order not in (1, 2, 3, 4):
         raise SamplerError(f"amed_plugin max_order must be 1, 2, 3 or 4, got {max_order}")
     timesteps = _checked(timesteps, x, "amed_plugin")
+    _afs_statistics(afs_mean, afs_var)
     history: list[Tensor] = []
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
         x, history = amed_plugin_step(
-            field, x, t, t_next, predictor, history, base, afs and i == 0, max_order, i, callback
+            field, x, t, t_next, predictor, history, base, afs and i == 0, max_order, i, callback, afs_mean, afs_var
         )
     return x

@@ -3,9 +3,10 @@
 import pytest
 import torch
 import yaml
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from launching import genkit
 from safetensors.torch import load_file
+from tiny_models import save_tiny_ddpm
 
 from genkit.checkpoint import save_pretrained
 from genkit.config import load_config
@@ -136,19 +137,7 @@ def test_unet_bottleneck_is_the_pooled_middle_block_output_and_costs_no_extra_ca
 @pytest.fixture(scope="module")
 def diffusers_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddpm")
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    unet.save_pretrained(folder / "unet")
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    save_tiny_ddpm(folder)
     return folder
 
 

@@ -4,9 +4,13 @@ Every cell solves through the field (genkit.fields), so each starts from the sam
 from generator seed (seed, i), as `genkit sample`) and ends in data space. Metrics: `rmse`, the terminal RMSE
 against scipy's accurate solve from the same noise in the same time convention; distances of the samples to the
 val data (`fd` for images, `sw`, `ed`, `modes`, `near` for points: genkit.compare.scoring); the NFE (counted) and
-the median wall time always. Predictors are given (`predictors`, distilled for this field) or distilled here
-(`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve itself as a row (with the
-evaluations it spent and, for a flow, the field's straightness), `floor` a row of train data against the val data.
+the median wall time always. A schedule entry is a schedule's name, `default` (each solver's usual one), or the
+path of a saved schedule (genkit.saved_schedules, made for this field): the file defines its cells, one for the
+solver it was made for (each listed solver when it names none) at the NFE its timesteps give, whatever `nfe`
+lists; its name fills the schedule column. Predictors are given (`predictors`, distilled for this field) or
+distilled here (`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve itself as a
+row (with the evaluations it spent and, for a flow, the field's straightness), `floor` a row of train data against
+the val data.
 A ReFlow run is compared stage by stage (`stages`). Under `accelerate launch` the samples are split over processes;
 squared errors and feature statistics are summed exactly across them.
 """
@@ -22,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
 from torch import Tensor
+from tqdm.auto import tqdm
 
 import samplers
 from genkit.compare.output import Shared, log_grid
@@ -33,15 +38,18 @@ from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, load_extractor
 from genkit.fields import Field, FieldConfig
 from genkit.metrics import straightness
-from genkit.paths import RectifiedPath
+from genkit.paths import ProbabilityPath, RectifiedPath
 from genkit.predictors import load_predictor
 from genkit.runs import run_data
 from genkit.sampling import initial_noise
+from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, solve_on_timesteps, timesteps_form
 from genkit.tracking import RunLog
+from genkit.velocity import VelocityModel
 
 METRICS = ("rmse", *DISTANCES)
 DEFAULT_SCHEDULE = "default"  # each solver's usual schedule on the field (Field.default_schedule)
 REFERENCE_METHODS = ("DOP853", "RK45")
+REFERENCE_BAR_DELAY = 2.0  # seconds: only a long reference solve shows its bar
 
 
 @dataclass
@@ -78,7 +86,7 @@ class SamplerGrid:
     stages: list[str] = dataclasses.field(default_factory=list)  # a ReFlow run's stages, each compared as a field
     solvers: list[str] = dataclasses.field(default_factory=lambda: ["euler", "heun", "dpmpp_2m"])
     nfe: list[int] = ranged(lambda: [4, 8], minimum=1)
-    schedules: list[str] = dataclasses.field(default_factory=lambda: [DEFAULT_SCHEDULE])
+    schedules: list[str] = dataclasses.field(default_factory=lambda: [DEFAULT_SCHEDULE])  # names or saved files
     predictors: list[str] = dataclasses.field(default_factory=list)
     distill: list[DistillGrid] = dataclasses.field(default_factory=list)
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rmse"])
@@ -94,25 +102,49 @@ class SamplerGrid:
     def __post_init__(self):
         for solver in self.solvers:
             check_choice("samplers.solvers", solver, samplers.BASELINES)
+        names = (DEFAULT_SCHEDULE, *samplers.SCHEDULES)
         for schedule in self.schedules:
-            check_choice("samplers.schedules", schedule, (DEFAULT_SCHEDULE, *samplers.SCHEDULES))
+            if schedule not in names and not Path(schedule).is_file():
+                raise GenkitError(
+                    f"config key samplers.schedules={schedule!r} is neither a schedule ({', '.join(names)}) nor a "
+                    "saved schedule file (genkit schedule search writes one)"
+                )
         for metric in self.metrics:
             check_choice("samplers.metrics", metric, METRICS)
         check_choice("samplers.extractor", self.extractor, EXTRACTORS)
         check_choice("samplers.reference_method", self.reference_method, REFERENCE_METHODS)
-        if self.stages and (self.predictors or self.distill):
-            raise GenkitError("samplers.stages compares a ReFlow run's stages; predictors belong to one field each")
+        if self.stages and (self.predictors or self.distill or self.schedule_files):
+            raise GenkitError(
+                "samplers.stages compares a ReFlow run's stages; predictors and saved schedules belong to one field"
+            )
+
+    @property
+    def schedule_files(self) -> list[str]:
+        """The schedule entries that are saved schedule files."""
+        return [schedule for schedule in self.schedules if schedule not in (DEFAULT_SCHEDULE, *samplers.SCHEDULES)]
 
 
 @dataclass
 class Cell:
-    """One setting of the grid: a solver at an NFE on a schedule (with its options)."""
+    """One setting of the grid: a solver at an NFE on a schedule (with its options), or on a saved schedule's times."""
 
     method: str
     solver: str
     nfe: int
-    schedule: str
+    schedule: str  # a schedule's name, or a saved schedule's name
     options: dict
+    timesteps: Tensor | None = None  # a saved schedule's: the solver runs on exactly these
+
+
+class EvaluationBar:
+    """A velocity that moves a progress bar by one at each evaluation: an adaptive solve's count is not known ahead."""
+
+    def __init__(self, velocity: VelocityModel, bar: tqdm):
+        self.velocity, self.bar = velocity, bar
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.bar.update(1)
+        return self.velocity(x, t)
 
 
 class SamplerComparison:
@@ -142,11 +174,15 @@ class SamplerComparison:
         self.cells = self.grid_cells(next(iter(self.fields.values())), run_dir / "predictors")
         for field in self.fields.values():
             for cell in self.cells:
-                field.form(cell.schedule, cell.solver)  # a schedule or solver that does not fit fails here
+                self.form(field, cell)  # a schedule or solver that does not fit fails here
         self.plotted = [metric for metric in grid.metrics if metric not in ("modes", "near")]
         flows = any(isinstance(path, RectifiedPath) for field in self.fields.values() for _, path in field.forms)
         straight = ["straightness"] if grid.reference_row and flows else []
-        self.columns = ["field", "method", "solver", "schedule", "nfe", *grid.metrics, *straight]
+        # Beside fd, the part of it a solver can remove: fd minus the FD of the accurate solve from the same noise.
+        metrics = [
+            column for metric in grid.metrics for column in ([metric, "excess_fd"] if metric == "fd" else [metric])
+        ]
+        self.columns = ["field", "method", "solver", "schedule", "nfe", *metrics, *straight]
         self.columns += ["nfe_counted", "seconds"]
         self.shown = [column for column in self.columns if column != "solver"]
 
@@ -156,13 +192,25 @@ class SamplerComparison:
             raise GenkitError("distance metrics on this field need samplers.reference_data, the data to compare with")
         return run_data(Path(self.grid.field.path) / (self.grid.stages[0] if self.grid.stages else ""))
 
+    @staticmethod
+    def form(field: Field, cell: Cell) -> tuple[VelocityModel, ProbabilityPath]:
+        """The velocity and path `cell` solves in: its schedule's, or the one its saved timesteps are times of."""
+        if cell.timesteps is not None:
+            return timesteps_form(field, cell.timesteps, cell.solver)
+        return field.form(cell.schedule, cell.solver)
+
     def grid_cells(self, field: Field, predictor_folder: Path) -> list[Cell]:
-        """Baselines x schedules x NFE, then one cell per predictor (given, or distilled here for this field)."""
+        """Baselines x schedules x NFE (a saved schedule: its own cells), then one cell per predictor."""
         grid, cells = self.grid, []
         for solver in grid.solvers:
             for schedule in grid.schedules:
-                resolved = field.default_schedule(solver) if schedule == DEFAULT_SCHEDULE else schedule
-                cells += [Cell(solver, solver, nfe, resolved, {}) for nfe in grid.nfe]
+                if schedule not in grid.schedule_files:
+                    resolved = field.default_schedule(solver) if schedule == DEFAULT_SCHEDULE else schedule
+                    cells += [Cell(solver, solver, nfe, resolved, {}) for nfe in grid.nfe]
+        for schedule in grid.schedule_files:
+            saved = load_schedule(Path(schedule), field)
+            for solver in [saved.solver] if saved.solver else grid.solvers:
+                cells.append(Cell(solver, solver, saved.nfe(solver), saved.name, {}, saved.timesteps))
         paths = [Path(path) for path in grid.predictors]
         for distill in grid.distill:
             paths += [
@@ -174,9 +222,13 @@ class SamplerComparison:
             settings = predictor.tied_settings
             method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
             method += "[bottleneck]" if settings.features == "bottleneck" else ""
-            cells.append(
-                Cell(method, settings.solver, settings.nfe, settings.schedule, settings.solver_options(predictor))
-            )
+            options = settings.solver_options(predictor)
+            if (path / PREDICTOR_SCHEDULE).is_file():  # distilled on a saved schedule (amed.schedule_file)
+                saved = load_schedule(path / PREDICTOR_SCHEDULE, field)
+                nfe = saved.nfe(settings.solver, afs=settings.afs)
+                cells.append(Cell(method, settings.solver, nfe, saved.name, options, saved.timesteps))
+            else:
+                cells.append(Cell(method, settings.solver, settings.nfe, settings.schedule, options))
         return cells
 
     def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
@@ -186,11 +238,25 @@ class SamplerComparison:
             start = time.perf_counter()
             try:
                 with torch.no_grad():
-                    out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
+                    if cell.timesteps is None:
+                        out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
+                    else:
+                        out = solve_on_timesteps(field, z, cell.solver, cell.timesteps, cell.options)
             except samplers.SamplerError:
                 return None, 0.0
             seconds.append(time.perf_counter() - start)
         return out, statistics.median(seconds)
+
+    def reference_solve(self, field: Field, z: Tensor, schedule: str) -> tuple[Tensor, int]:
+        """field.reference at the grid's method and tolerance, its evaluations counted on a bar (main process)."""
+        grid = self.grid
+        desc = f"reference {grid.reference_method} rtol=atol={grid.reference_tolerance:g}"
+        quiet = not self.accelerator.is_main_process
+        with tqdm(desc=desc, unit="eval", leave=False, delay=REFERENCE_BAR_DELAY, disable=quiet) as bar:
+            forms = [(EvaluationBar(velocity, bar), path) for velocity, path in field.forms]
+            return dataclasses.replace(field, forms=forms).reference(
+                z, schedule, grid.reference_tolerance, grid.reference_method
+            )
 
     def rmse(self, out: Tensor, target: Tensor) -> float:
         """sqrt(mean squared error) over the samples of every process."""
@@ -200,14 +266,21 @@ class SamplerComparison:
 
     def field_rows(self, name: str, field: Field, z: Tensor, log: RunLog, run_dir: Path) -> list[dict]:
         """The rows of one field: every cell, then the accurate solve when asked for."""
-        grid, rows, targets = self.grid, [], {}
+        grid, rows, targets, reference_fd = self.grid, [], {}, {}
 
         def reference(schedule: str) -> tuple[Tensor, int]:
             """The accurate solve in the time `schedule` spans (once a time convention), and its evaluations."""
             path = field.form(schedule)[1]
             if path not in targets:
-                targets[path] = field.reference(z, schedule, grid.reference_tolerance, grid.reference_method)
+                targets[path] = self.reference_solve(field, z, schedule)
             return targets[path]
+
+        def excess_fd(schedule: str, fd: float) -> float:
+            """fd less the FD of the accurate solve in the time `schedule` spans (scored once a time convention)."""
+            path = field.form(schedule)[1]
+            if path not in reference_fd:
+                reference_fd[path] = self.scorer.score(reference(schedule)[0])["fd"]
+            return fd - reference_fd[path]
 
         for cell in self.cells:
             out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
@@ -217,8 +290,10 @@ class SamplerComparison:
             if reachable:
                 row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
                 if "rmse" in grid.metrics:
-                    row["rmse"] = self.rmse(out, reference(cell.schedule)[0])
+                    row["rmse"] = self.rmse(out, reference(self.form(field, cell)[1].schedules[0])[0])
                 row |= self.scorer.score(out) if self.scorer is not None else {}
+                if "fd" in row:
+                    row["excess_fd"] = excess_fd(self.form(field, cell)[1].schedules[0], row["fd"])
                 if len(out):
                     grid_name = f"{name}{cell.method}_{cell.schedule}_nfe{cell.nfe}"
                     log_grid(log, run_dir, grid_name, out[: self.shared.grid_samples])
@@ -231,6 +306,7 @@ class SamplerComparison:
                 {"rmse": 0.0} if "rmse" in grid.metrics else {}
             )
             row |= self.scorer.score(target) if self.scorer is not None else {}
+            row |= {"excess_fd": 0.0} if "fd" in row else {}
             velocity, path = field.form(schedule)
             if isinstance(path, RectifiedPath):
                 row["straightness"] = straightness(velocity, path.start(z), nfe=32)

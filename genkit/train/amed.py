@@ -6,9 +6,19 @@ the student takes one step and the loss is ||x_student - x_teacher||^2 at t_{n+1
 averaged over the batch; every interval is its own optimizer step. Single-step students (AMED-Solver, the Euler
 and DPM-Solver-2 plugins) start each interval from the teacher's state (teacher forcing); multistep students
 (the iPNDM and DPM-Solver++ plugins) continue from their own state and history, detached between intervals.
+
+With `amed.schedule_file` (a saved sigma schedule for this field, e.g. from `genkit schedule search`) the student's
+times are the saved timesteps instead of the named schedule, `num_steps` follows from their count, and the teacher
+refines each interval by `teacher_steps` times geometric in sigma; the model folder keeps a copy of the schedule
+(schedule.json), which `genkit compare` solves the predictor's cell on.
+
+With `amed.afs_from: data` the analytical first step is the exact slope of the Gaussian with the data's per-dimension
+mean and variance (docs/amed.md §3.4) instead of the zero-mean one; the statistics come from the field's training data
+(a flow run's train split, a mixture's closed form) and are saved with the predictor, so sampling uses them too.
 """
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,28 +26,43 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from genkit.checkpoint import save_pretrained
+from genkit.checkpoint import replace_folder
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
+from genkit.data import build_dataset
+from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
+from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.predictors import PredictorModel, PredictorSettings
+from genkit.runs import model_folder, run_data
+from genkit.saved_schedules import PREDICTOR_SCHEDULE, SavedSchedule, load_schedule, read_schedule, save_schedule
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from samplers import BASELINES, SOLVERS, amed, dpm_solver_2
 from samplers.amed import amed_plugin_step
 
 VALIDATION_SAMPLES = 64
+AFS_FROM = ("zero_mean", "data")
+# Training items the data-aware first step's mean and variance are estimated from.
+STATISTICS_SAMPLES = 10_000
 
 
 @dataclass
 class AmedSettings(PredictorSettings):
-    """A predictor's settings, and how it is distilled: the teacher solver and its refinement M (teacher_steps)."""
+    """A predictor's settings, and how it is distilled: the teacher solver and its refinement M (teacher_steps), the
+    saved schedule the student runs on instead of `schedule` when `schedule_file` names one, and what the first step
+    assumes of the data (`afs_from`: zero_mean, or data for the Gaussian with the training data's statistics)."""
 
     teacher: str = "heun"
     teacher_steps: int = ranged(1, minimum=0)
+    schedule_file: str = ""
+    afs_from: str = "zero_mean"
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("amed.teacher", self.teacher, BASELINES)
+        check_choice("amed.afs_from", self.afs_from, AFS_FROM)
+        if self.afs_from == "data" and not self.afs:
+            raise GenkitError("amed.afs_from=data sets how the analytical first step is taken; set amed.afs=true")
 
 
 @register_task("amed")
@@ -55,6 +80,60 @@ class AmedRunConfig(RunConfig):
         default_factory=lambda: TrainConfig(steps=80, batch_size=128, ema_decay=0.0, max_grad_norm=0.0)
     )
 
+    def resolved(self) -> "AmedRunConfig":
+        """The config with num_steps set to the saved schedule's count of timesteps when amed.schedule_file is set."""
+        if not self.amed.schedule_file:
+            return self
+        steps = len(read_schedule(Path(self.amed.schedule_file)).timesteps)
+        return dataclasses.replace(self, amed=dataclasses.replace(self.amed, num_steps=steps))
+
+
+def saved_student_schedule(settings: AmedSettings, field: Field) -> SavedSchedule | None:
+    """The saved schedule of amed.schedule_file, checked to be this field's, in sigma and of num_steps times."""
+    if not settings.schedule_file:
+        return None
+    saved = load_schedule(Path(settings.schedule_file), field)
+    if saved.time != "sigma":
+        raise GenkitError(
+            f"amed.schedule_file={settings.schedule_file} holds {saved.time} times, but AMED works in sigma; "
+            "search the schedule on a sigma schedule (genkit schedule search --schedule karras)"
+        )
+    if len(saved.timesteps) != settings.num_steps:
+        raise GenkitError(
+            f"amed.num_steps={settings.num_steps}, but amed.schedule_file={settings.schedule_file} holds "
+            f"{len(saved.timesteps)} timesteps; set amed.num_steps={len(saved.timesteps)}"
+        )
+    return saved
+
+
+def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and variance (float64, one sample's shape) of the data the field was trained on.
+
+    EDM-form data y (x = y + sigma n) is a flow's x1 (RectifiedAsEDM), so a flow run's train split (its first
+    STATISTICS_SAMPLES items) gives them; a mixture gives them in closed form.
+    """
+    if config.kind == "mixture":
+        mixture = GaussianMixtureField.random(config.components, tuple(config.shape), config.seed, config.diagonal)
+        weights = mixture.log_weights.exp()[:, None]
+        mean = (weights * mixture.means).sum(0)
+        variance = (weights * (mixture.variances + mixture.means**2)).sum(0) - mean**2
+        return mean.reshape(mixture.shape), variance.reshape(mixture.shape)
+    if config.kind == "flow_run":
+        dataset = build_dataset(run_data(model_folder(Path(config.path))), "train")
+        data = torch.stack([dataset[i] for i in range(min(len(dataset), STATISTICS_SAMPLES))]).to(torch.float64)
+        return data.mean(0), data.var(0, correction=0)
+    raise GenkitError(
+        f"amed.afs_from=data needs the field's training data, which field.kind={config.kind} does not name; "
+        "use amed.afs_from=zero_mean"
+    )
+
+
+def refined(timesteps: Tensor, refinement: int) -> Tensor:
+    """`refinement` more times inside each interval, geometric in sigma (as AMED's s_n, docs/amed.md §3.1): nested."""
+    fraction = torch.arange(refinement + 1, dtype=torch.float64) / (refinement + 1)
+    inner = timesteps[:-1, None] ** (1 - fraction) * timesteps[1:, None] ** fraction
+    return torch.cat([inner.flatten(), timesteps[-1:]])
+
 
 def start_states(field: Field, count: int, seed: int) -> Tensor:
     """`count` EDM start states sigma_max z of the field, z ~ N(0, I) drawn in float64 from one seeded generator."""
@@ -62,8 +141,8 @@ def start_states(field: Field, count: int, seed: int) -> Tensor:
     return field.edm_path.start(z).to(field.dtype)
 
 
-def teacher_states(field: Field, x: Tensor, settings: AmedSettings) -> list[Tensor]:
-    """The teacher's state at every student time: one solve on the nested schedule, without AFS or predictor."""
+def teacher_states(field: Field, x: Tensor, settings: AmedSettings, timesteps: Tensor) -> list[Tensor]:
+    """The teacher's state at every student time: one solve on the nested `timesteps`, without AFS or predictor."""
     stride = settings.teacher_steps + 1
     states = []
 
@@ -71,7 +150,6 @@ def teacher_states(field: Field, x: Tensor, settings: AmedSettings) -> list[Tens
         if info["i"] % stride == 0:
             states.append(info["x"])
 
-    timesteps = settings.timesteps(field.edm_path, settings.teacher_steps)
     final = SOLVERS[settings.teacher].function(field.edm, x, timesteps, callback=keep)
     return [*states, final]
 
@@ -81,12 +159,29 @@ class AmedTrainer:
 
     ema_model = None
 
-    def __init__(self, config: AmedRunConfig, field: Field, device: torch.device):
+    def __init__(
+        self,
+        config: AmedRunConfig,
+        field: Field,
+        device: torch.device,
+        afs_statistics: tuple[Tensor, Tensor] | None = None,
+    ):
+        """`afs_statistics`: the data's (mean, variance) for amed.afs_from=data, else data_statistics(config.field)."""
         self.config, self.settings, self.field = config, config.amed, field
-        predictor = PredictorModel(field.field_id, self.settings.tied())
+        if self.settings.afs_from == "data":
+            predictor = PredictorModel(field.field_id, self.settings.tied(), afs_shape=list(field.shape))
+            predictor.set_afs_statistics(*(afs_statistics or data_statistics(config.field)))
+        else:
+            predictor = PredictorModel(field.field_id, self.settings.tied())
         self.models = {"predictor": predictor}
         self.optimizers = {"predictor": config.optimizer.build(predictor.parameters())}
-        self.timesteps = self.settings.timesteps(field.edm_path)
+        self.saved_schedule = saved_student_schedule(self.settings, field)
+        if self.saved_schedule is None:
+            self.timesteps = self.settings.timesteps(field.edm_path)
+            self.teacher_timesteps = self.settings.timesteps(field.edm_path, self.settings.teacher_steps)
+        else:
+            self.timesteps = self.saved_schedule.timesteps
+            self.teacher_timesteps = refined(self.timesteps, self.settings.teacher_steps)
         # Noise no training batch draws: the seed is past the training stream's.
         self.validation_noise = start_states(field, VALIDATION_SAMPLES, config.train.seed + 1).to(device)
         self.validation_target, self.midpoint_rmse = None, None
@@ -98,18 +193,29 @@ class AmedTrainer:
     def train_step(self, batch: list[Tensor], context: StepContext) -> dict[str, Tensor]:
         (noise,) = batch
         with torch.no_grad():
-            states = teacher_states(self.field, noise, self.settings)
+            states = teacher_states(self.field, noise, self.settings, self.teacher_timesteps)
         predictor, velocity = self.models["predictor"], self.field.edm
+        afs_options = context.unwrap("predictor").afs_options()
         x, history, losses = states[0], [], []
         for n in range(self.settings.num_steps - 1):
             t, t_next = self.timesteps[n].to(noise), self.timesteps[n + 1].to(noise)
             afs = self.settings.afs and n == 0
             if self.settings.solver == "amed":
-                student = amed(velocity, states[n], torch.stack([t, t_next]), predictor, afs=afs)
+                student = amed(velocity, states[n], torch.stack([t, t_next]), predictor, afs=afs, **afs_options)
             else:
                 start = x if self.settings.multistep else states[n]
                 student, history = amed_plugin_step(
-                    velocity, start, t, t_next, predictor, history, self.settings.base, afs, self.settings.max_order, n
+                    velocity,
+                    start,
+                    t,
+                    t_next,
+                    predictor,
+                    history,
+                    self.settings.base,
+                    afs,
+                    self.settings.max_order,
+                    n,
+                    **afs_options,
                 )
             loss = (student - states[n + 1]).pow(2).flatten(1).sum(1).mean()
             context.update("predictor", loss)
@@ -123,7 +229,7 @@ class AmedTrainer:
         rmse = lambda y: (y - self.validation_target).pow(2).mean().sqrt().item()  # noqa: E731
         velocity, noise = self.field.edm, self.validation_noise
         if self.validation_target is None:
-            self.validation_target = teacher_states(self.field, noise, self.settings)[-1]
+            self.validation_target = teacher_states(self.field, noise, self.settings, self.teacher_timesteps)[-1]
             self.midpoint_rmse = rmse(dpm_solver_2(velocity, noise, self.timesteps))
         predictor = context.unwrap("predictor")
         rs = []
@@ -134,11 +240,18 @@ class AmedTrainer:
         return metrics | {f"r_{n}": r for n, r in enumerate(rs)}
 
     def export(self, context: StepContext, folder: Path) -> None:
-        save_pretrained(context.unwrap("predictor"), folder)
+        """The predictor's folder (and the saved schedule it was distilled on), written completely or not at all."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        context.unwrap("predictor").save_pretrained(temporary)
+        if self.saved_schedule is not None:
+            save_schedule(self.saved_schedule, temporary / PREDICTOR_SCHEDULE)
+        replace_folder(temporary, folder)
 
 
 def train(config: AmedRunConfig) -> dict[str, float]:
     """Distil a predictor as `config` says; it ends, with its field id and settings, in runs/<name>/model."""
+    config = config.resolved()
     loop = Loop(config.train, config.run_dir, config_dict(config))
     field = config.field.load(loop.device, loop.dtype)
     noise = start_states(field, config.num_samples, config.train.seed)
