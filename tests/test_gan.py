@@ -176,8 +176,9 @@ def write_config(folder, name: str, **sections) -> None:
     ("method", "steps", "optimizer"),
     [
         ("monoflow", 600, {"lr": 1e-3, "betas": [0.5, 0.999]}),
-        ("wgan_gp", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}),
-        ("wgan_reflow", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}),
+        # The two WGANs take 1000 steps each: they run in the slow suite, so that the default run stays under 5 minutes.
+        pytest.param("wgan_gp", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}, marks=pytest.mark.slow),
+        pytest.param("wgan_reflow", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}, marks=pytest.mark.slow),
     ],
 )
 def test_each_trainer_moves_the_generator_to_the_eight_gaussians(tmp_path, method, steps, optimizer):
