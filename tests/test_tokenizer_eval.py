@@ -9,6 +9,7 @@ import yaml
 from launching import genkit, genkit_on_two_ranks
 from test_compare import TOKENIZER
 from test_tokenizer_losses import fake_alexnet_weights
+from tokenizer_runs import EVAL_HEADER
 from torch import nn
 
 from genkit.features import torchscript_extractor
@@ -135,18 +136,7 @@ def test_eval_tokenizer_prints_every_column_and_the_protocol(run_folder, network
     result = genkit(run_folder, "eval-tokenizer", "runs/tokenizer", *options)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    header = [
-        "model",
-        "codebook_size",
-        "psnr",
-        "ssim",
-        "lpips",
-        "rfd",
-        "codebook_usage",
-        "perplexity",
-        "images_per_second",
-    ]
-    assert lines[0].split() == header and [line.split()[0] for line in lines[1:3]] == ["untrained", "trained"]
+    assert lines[0].split() == EVAL_HEADER and [line.split()[0] for line in lines[1:3]] == ["untrained", "trained"]
     assert lines[3] == "16 validation images of crops on 1 process(es)"
     assert lines[4].startswith("protocol: num_images=16; image_shape=3x32x32; extractor=torchscript:tiny.pt;")
     assert lines[4].endswith("; quantisation=uint8")

@@ -10,7 +10,7 @@ import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks
 from PIL import Image
-from tokenizer_runs import TINY, WEIGHTS, model_state
+from tokenizer_runs import EVAL_HEADER, TINY, WEIGHTS, model_state
 from weights import assert_same_weights, float64_training_atol
 
 from tokenizers_img.model import Tokenizer
@@ -42,18 +42,7 @@ def test_a_run_folder_holds_everything_and_the_model_reloads(workdir):
 
     evaluation = genkit(workdir, "eval-tokenizer", "runs/tiny", "--extractor", "digits")
     assert evaluation.returncode == 0, evaluation.stderr
-    header = [
-        "model",
-        "codebook_size",
-        "psnr",
-        "ssim",
-        "lpips",
-        "rfd",
-        "codebook_usage",
-        "perplexity",
-        "images_per_second",
-    ]
-    assert evaluation.stdout.splitlines()[0].split() == header
+    assert evaluation.stdout.splitlines()[0].split() == EVAL_HEADER
     assert (run / "eval.json").exists()
     assert f"W&B offline run: runs/tiny/wandb/{offline_run.name}" in evaluation.stdout
 

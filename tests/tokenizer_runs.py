@@ -7,6 +7,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+# The columns `genkit eval-tokenizer` prints, in order.
+EVAL_HEADER = [
+    *("model", "codebook_size", "psnr", "ssim", "lpips", "rfd"),
+    *("codebook_usage", "perplexity", "images_per_second"),
+]
+
 TINY = {
     "task": "tokenizer",
     "name": "tiny",
