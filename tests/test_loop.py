@@ -3,6 +3,7 @@
 import json
 import math
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,27 @@ def wandb_records(path: Path):
             yield record
 
 
-def wandb_history(run_dir: Path) -> list[tuple[int, dict]]:
-    """(step, metrics) of every history row in the run's offline W&B files, oldest file first."""
-    rows = []
-    for run_file in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        for record in wandb_records(run_file):
-            if record.HasField("history"):
-                items = {
-                    item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
-                }
-                rows.append((record.history.step.num, {k: v for k, v in items.items() if not k.startswith("_")}))
-    return rows
+def wandb_history(run_dir: Path, rows_expected: int, seconds: float = 30.0) -> list[tuple[int, dict]]:
+    """(step, metrics) of every history row in the run's offline W&B files, oldest file first.
+
+    W&B's service may write a finished run's last records to its offline file shortly after `finish` returns
+    (measured: once in eight runs here, complete half a second later), so the files are read again until they hold
+    `rows_expected` rows or `seconds` have passed.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = []
+        for run_file in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+            for record in wandb_records(run_file):
+                if record.HasField("history"):
+                    items = {
+                        item.key or ".".join(item.nested_key): json.loads(item.value_json)
+                        for item in record.history.item
+                    }
+                    rows.append((record.history.step.num, {k: v for k, v in items.items() if not k.startswith("_")}))
+        if len(rows) >= rows_expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 class LineTrainer:
@@ -99,7 +110,7 @@ def test_after_a_resume_wandb_and_metrics_jsonl_hold_each_step_once_with_the_sam
     train_line(run, LineTrainer(offset=100.0), resume="latest", **settings)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     jsonl = [(record["step"], record["loss"]) for record in records if "loss" in record]
-    wandb = [(step, metrics["loss"]) for step, metrics in wandb_history(run) if "loss" in metrics]
+    wandb = [(step, metrics["loss"]) for step, metrics in wandb_history(run, 10) if "loss" in metrics]
     assert len(list(run.glob("wandb/offline-run-*"))) == 2
     assert [step for step, _ in jsonl] == [step for step, _ in wandb] == list(range(1, 11))
     assert [loss for _, loss in wandb] == pytest.approx([loss for _, loss in jsonl], rel=1e-12)
