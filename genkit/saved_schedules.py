@@ -105,11 +105,6 @@ def load_schedule(path: Path, field: Field) -> SavedSchedule:
     return schedule
 
 
-def schedule_timesteps(field: Field, path: Path) -> Tensor:
-    """The float64 timesteps saved at `path` for `field`: what a solver runs on in the form `timesteps_form` picks."""
-    return load_schedule(path, field).timesteps
-
-
 def time_of(path: ProbabilityPath) -> str:
     """The name of a path's time convention in a saved schedule."""
     return next(name for name, kind in TIMES.items() if isinstance(path, kind))

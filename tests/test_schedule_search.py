@@ -22,7 +22,6 @@ from genkit.saved_schedules import (
     SavedSchedule,
     load_schedule,
     save_schedule,
-    schedule_timesteps,
     search_schedule,
     solve_on_timesteps,
 )
@@ -80,7 +79,7 @@ def test_a_saved_schedule_round_trips_bit_equal_and_is_refused_for_another_field
     assert torch.equal(loaded.timesteps, found.timesteps) and loaded.timesteps.dtype == torch.float64
     assert (loaded.field_id, loaded.time, loaded.solver, loaded.name) == (field.field_id, "sigma", "ipndm", found.name)
     assert loaded.settings == found.settings and loaded.settings["method"] == "gits"
-    assert torch.equal(schedule_timesteps(field, tmp_path / "gits.json"), found.timesteps)
+    assert torch.equal(load_schedule(tmp_path / "gits.json", field).timesteps, found.timesteps)
     other = FieldConfig(**{**MIXTURE, "seed": 2}).load()
     with pytest.raises(GenkitError) as refused:
         load_schedule(tmp_path / "gits.json", other)
@@ -92,7 +91,8 @@ def test_a_saved_schedule_round_trips_bit_equal_and_is_refused_for_another_field
     rectified = SavedSchedule(field.field_id, "rectified", torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
     save_schedule(rectified, tmp_path / "rectified.json")
     with pytest.raises(GenkitError, match="dpmpp_2m works in sigma space"):
-        solve_on_timesteps(field, torch.zeros(2, 8), "dpmpp_2m", schedule_timesteps(field, tmp_path / "rectified.json"))
+        timesteps = load_schedule(tmp_path / "rectified.json", field).timesteps
+        solve_on_timesteps(field, torch.zeros(2, 8), "dpmpp_2m", timesteps)
 
 
 @pytest.mark.parametrize("nfe", [4, 5])
