@@ -6,6 +6,7 @@ downloaded. Any other name is a genkit feature extractor (genkit.features: `digi
 whose distance is the mean squared difference of the two images' features: a perceptual loss that runs offline.
 """
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -46,17 +47,24 @@ class LPIPS(nn.Module):
         with warnings.catch_warnings():  # the package asks torchvision in its pre-0.13 way
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             self.net = lpips.LPIPS(net=backbone, pnet_rand=True, verbose=False)
-        features = {
-            key.removeprefix("features."): value
-            for key, value in torch.load(path, map_location="cpu", weights_only=True).items()
-            if key.startswith("features.")
-        }
-        backbone_state = {  # the package splits torchvision's `features` into slices that keep the layer numbers
-            f"{slice_name}.{key}": features[key]
-            for slice_name, block in self.net.net.named_children()
-            for key in block.state_dict()
-        }
-        self.net.net.load_state_dict(backbone_state)
+        try:
+            features = {
+                key.removeprefix("features."): value
+                for key, value in torch.load(path, map_location="cpu", weights_only=True).items()
+                if key.startswith("features.")
+            }
+            backbone_state = {  # the package splits torchvision's `features` into slices that keep the layer numbers
+                f"{slice_name}.{key}": features[key]
+                for slice_name, block in self.net.net.named_children()
+                for key in block.state_dict()
+            }
+            self.net.net.load_state_dict(backbone_state)
+        except (OSError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError) as error:
+            reason = " ".join(str(error).split())[:200]  # torch's messages run over several lines
+            raise GenkitError(
+                f"{path} does not hold torchvision's {backbone} ImageNet weights ({type(error).__name__}: {reason}); "
+                f"fetch {url} again"
+            ) from None
         self.net.eval().requires_grad_(False)
 
     def forward(self, images: Tensor, reference: Tensor) -> Tensor:

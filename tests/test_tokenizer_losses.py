@@ -82,6 +82,15 @@ def test_lpips_without_backbone_weights_is_one_clear_error(monkeypatch, tmp_path
     assert "perceptual.weights_path" in message and "\n" not in message
 
 
+def test_lpips_with_a_wrong_weights_file_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.pth").write_text("not weights")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "partial.pth")
+    for name in ("notes.pth", "partial.pth"):
+        with pytest.raises(GenkitError, match="does not hold torchvision's alex ImageNet weights") as error:
+            LPIPS("alex", tmp_path / name)
+        assert "\n" not in str(error.value)
+
+
 def test_lpips_reads_the_backbone_from_the_named_file(tmp_path):
     state = fake_alexnet_weights(tmp_path / "alexnet.pth")
     lpips = LPIPS("alex", tmp_path / "alexnet.pth")
