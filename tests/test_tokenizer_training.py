@@ -157,6 +157,7 @@ def test_a_non_finite_loss_stops_without_saving(workdir):
         (["train.steps=many"], "bad value for config key 'train.steps'"),
         (["train.mixed_precision=fp8"], "choose one of: no, bf16, fp16"),
         (["model.quantizer.kind=lfq"], "choose one of: fsq, vq"),
+        (["perceptual.weight=1", "perceptual.network=torchscript"], "needs perceptual.weights_path"),
         (["data.source=folder", "data.path=/no/such/folder"], "/no/such/folder"),
         (["steps"], "must look like key=value"),
     ],

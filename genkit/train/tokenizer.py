@@ -98,6 +98,8 @@ class PerceptualConfig:
     def __post_init__(self):
         check_choice("perceptual.network", self.network, NETWORKS)
         check_choice("perceptual.backbone", self.backbone, LPIPS_BACKBONES)
+        if self.weight > 0 and self.network == "torchscript" and not self.weights_path:
+            raise GenkitError("perceptual.network=torchscript needs perceptual.weights_path, the TorchScript file")
 
 
 @dataclass
