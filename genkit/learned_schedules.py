@@ -45,7 +45,9 @@ def learn_schedule(
     """
     if solver not in samplers.BASELINES:
         raise GenkitError(
-            f"a schedule is learned for a baseline solver ({', '.join(samplers.BASELINES)}), not {solver}"
+            f"a schedule is learned here for a baseline solver ({', '.join(samplers.BASELINES)}), not {solver}; "
+            "an AMED predictor learns its timesteps with it (genkit train amed amed.loss=end_to_end "
+            "amed.learn_timesteps=true)"
         )
     started = time.perf_counter()
     if initial is not None:

@@ -22,14 +22,14 @@ from genkit.errors import GenkitError
 from genkit.nets import TimeMLP, UNetVelocity
 from genkit.nets.discriminator import PatchDiscriminator
 from genkit.nets.gan import CriticPotential, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator
-from genkit.predictors import PredictorModel
+from genkit.predictors import LearnedTimesteps, PredictorModel
 from genkit.velocity import GradientField
 from tokenizers_img.model import Tokenizer
 
 MODEL_CLASSES = {
     cls.__name__: cls
     for cls in (
-        *(Tokenizer, PatchDiscriminator, TimeMLP, UNetVelocity, PredictorModel),
+        *(Tokenizer, PatchDiscriminator, TimeMLP, UNetVelocity, PredictorModel, LearnedTimesteps),
         *(MLPGenerator, MLPCritic, DCGANGenerator, DCGANCritic),
     )
 }

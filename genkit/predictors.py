@@ -21,6 +21,7 @@ from genkit.errors import GenkitError
 from genkit.paths import EDMPath
 from samplers import SOLVERS, AMEDPredictor
 from samplers.amed import FEATURES, PLUGIN_BASES
+from samplers.learned import initial_logits, monotone_timesteps
 
 STUDENTS = tuple(name for name, spec in SOLVERS.items() if spec.predictor)
 
@@ -112,6 +113,21 @@ class PredictorModel(ModelMixin, ConfigMixin):
 
     def forward(self, features: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.net(features, t, t_next)
+
+
+class LearnedTimesteps(ModelMixin, ConfigMixin):
+    """A predictor's sigma timesteps learned with it (amed.learn_timesteps): t_0 and t_{N-1} fixed, the steps between
+    them in log sigma the softmax of N - 1 logits (samplers.learned.monotone_timesteps), so they stay ordered."""
+
+    @register_to_config
+    def __init__(self, initial: list[float]):
+        super().__init__()
+        self.logits = torch.nn.Parameter(initial_logits(torch.tensor(initial), log_time=True).float())
+
+    def forward(self) -> Tensor:
+        """The current timesteps, float64, differentiable in the logits."""
+        ends = self.config.initial[0], self.config.initial[-1]
+        return monotone_timesteps(self.logits.double(), *ends, log_time=True)
 
 
 def load_predictor(folder: Path, field_id: str, settings: PredictorSettings | None = None) -> PredictorModel:

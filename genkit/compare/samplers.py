@@ -40,7 +40,7 @@ from genkit.fields import Field, FieldConfig
 from genkit.metrics import straightness
 from genkit.paths import ProbabilityPath, RectifiedPath
 from genkit.predictors import load_predictor
-from genkit.runs import run_data
+from genkit.runs import RUN_CONFIG, read_run_config, run_data
 from genkit.sampling import initial_noise
 from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, solve_on_timesteps, timesteps_form
 from genkit.tracking import RunLog
@@ -122,6 +122,12 @@ class SamplerGrid:
     def schedule_files(self) -> list[str]:
         """The schedule entries that are saved schedule files."""
         return [schedule for schedule in self.schedules if schedule not in (DEFAULT_SCHEDULE, *samplers.SCHEDULES)]
+
+
+def distilled_loss(predictor: Path) -> str | None:
+    """The loss (amed.loss) the predictor in model folder `predictor` was distilled with, if its run folder says."""
+    run = predictor.parent
+    return read_run_config(run).get("amed", {}).get("loss", "greedy") if (run / RUN_CONFIG).is_file() else None
 
 
 @dataclass
@@ -222,6 +228,7 @@ class SamplerComparison:
             settings = predictor.tied_settings
             method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
             method += "[bottleneck]" if settings.features == "bottleneck" else ""
+            method += "[end_to_end]" if distilled_loss(path) == "end_to_end" else ""
             options = settings.solver_options(predictor)
             if (path / PREDICTOR_SCHEDULE).is_file():  # distilled on a saved schedule (amed.schedule_file)
                 saved = load_schedule(path / PREDICTOR_SCHEDULE, field)

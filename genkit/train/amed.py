@@ -1,11 +1,19 @@
 """Distilling an AMED predictor (AMED-Solver or AMED-Plugin) from a teacher on the nested schedule (docs/amed.md §4).
 
 The teacher solves on the schedule with (M + 1)(N - 1) + 1 points, which contains the student's N points, from
-the same noise and without AFS; its states at the student's times are the targets. For each student interval
-the student takes one step and the loss is ||x_student - x_teacher||^2 at t_{n+1}, summed over dimensions and
-averaged over the batch; every interval is its own optimizer step. Single-step students (AMED-Solver, the Euler
-and DPM-Solver-2 plugins) start each interval from the teacher's state (teacher forcing); multistep students
-(the iPNDM and DPM-Solver++ plugins) continue from their own state and history, detached between intervals.
+the same noise and without AFS; its states at the student's times are the targets. With `amed.loss: greedy` (the
+paper's) for each student interval the student takes one step and the loss is ||x_student - x_teacher||^2 at
+t_{n+1}, summed over dimensions and averaged over the batch; every interval is its own optimizer step. Single-step
+students (AMED-Solver, the Euler and DPM-Solver-2 plugins) start each interval from the teacher's state (teacher
+forcing); multistep students (the iPNDM and DPM-Solver++ plugins) continue from their own state and history, detached
+between intervals.
+
+With `amed.loss: end_to_end` the student solves all N - 1 intervals on its own state and the loss is the same squared
+error at the last time only, backpropagated through the whole trajectory: one optimizer step a batch, and a predictor
+that may trade one interval's error for the next one's (docs/amed.md §6.5). With one interval the two losses are the
+same. `amed.learn_timesteps` learns the student's N timesteps with it, in LD3's monotone parameterisation
+(samplers/learned.py) on their own Adam at `amed.timestep_lr`; they are saved with the predictor as its schedule
+(schedule.json).
 
 With `amed.schedule_file` (a saved sigma schedule for this field, e.g. from `genkit schedule search`) the student's
 times are the saved timesteps instead of the named schedule, `num_steps` follows from their count, and the teacher
@@ -23,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from genkit.checkpoint import replace_folder
@@ -32,7 +40,7 @@ from genkit.data import build_dataset
 from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
 from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.predictors import PredictorModel, PredictorSettings
+from genkit.predictors import LearnedTimesteps, PredictorModel, PredictorSettings
 from genkit.runs import model_folder, run_data
 from genkit.saved_schedules import PREDICTOR_SCHEDULE, SavedSchedule, load_schedule, read_schedule, save_schedule
 from genkit.train.config import OptimizerConfig, TrainConfig
@@ -42,6 +50,7 @@ from samplers.amed import amed_plugin_step
 
 VALIDATION_SAMPLES = 64
 AFS_FROM = ("zero_mean", "data")
+LOSSES = ("greedy", "end_to_end")
 # Training items the data-aware first step's mean and variance are estimated from.
 STATISTICS_SAMPLES = 10_000
 
@@ -49,20 +58,30 @@ STATISTICS_SAMPLES = 10_000
 @dataclass
 class AmedSettings(PredictorSettings):
     """A predictor's settings, and how it is distilled: the teacher solver and its refinement M (teacher_steps), the
-    saved schedule the student runs on instead of `schedule` when `schedule_file` names one, and what the first step
-    assumes of the data (`afs_from`: zero_mean, or data for the Gaussian with the training data's statistics)."""
+    saved schedule the student runs on instead of `schedule` when `schedule_file` names one, what the first step
+    assumes of the data (`afs_from`: zero_mean, or data for the Gaussian with the training data's statistics), the
+    loss (greedy per interval, or end_to_end at the last time), and whether the timesteps are learned with it."""
 
     teacher: str = "heun"
     teacher_steps: int = ranged(1, minimum=0)
     schedule_file: str = ""
     afs_from: str = "zero_mean"
+    loss: str = "greedy"
+    learn_timesteps: bool = False
+    timestep_lr: float = ranged(0.05, above=0)
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("amed.teacher", self.teacher, BASELINES)
         check_choice("amed.afs_from", self.afs_from, AFS_FROM)
+        check_choice("amed.loss", self.loss, LOSSES)
         if self.afs_from == "data" and not self.afs:
             raise GenkitError("amed.afs_from=data sets how the analytical first step is taken; set amed.afs=true")
+        if self.learn_timesteps and self.loss != "end_to_end":
+            raise GenkitError(
+                "amed.learn_timesteps fits the timesteps to the terminal error of the whole solve; set "
+                "amed.loss=end_to_end"
+            )
 
 
 @register_task("amed")
@@ -154,6 +173,18 @@ def teacher_states(field: Field, x: Tensor, settings: AmedSettings, timesteps: T
     return [*states, final]
 
 
+@dataclass
+class PreparedPredictor:
+    """A prepared predictor with the `features` the solvers read: a DDP wrapper hides the module's attributes, and
+    a bottleneck predictor would be fed slope features under two processes without it."""
+
+    module: nn.Module
+    features: str
+
+    def __call__(self, features: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.module(features, t, t_next)
+
+
 class AmedTrainer:
     """One predictor, one Adam; a loop step distils every interval once on a batch of noise."""
 
@@ -182,19 +213,43 @@ class AmedTrainer:
         else:
             self.timesteps = self.saved_schedule.timesteps
             self.teacher_timesteps = refined(self.timesteps, self.settings.teacher_steps)
+        if self.settings.learn_timesteps:
+            learned = LearnedTimesteps(self.timesteps.tolist())
+            self.models["timesteps"] = learned
+            # LD3's optimizer for the logits (samplers/learned.py): Adam without weight decay at its own step size.
+            self.optimizers["timesteps"] = torch.optim.Adam(learned.parameters(), lr=self.settings.timestep_lr)
         # Noise no training batch draws: the seed is past the training stream's.
         self.validation_noise = start_states(field, VALIDATION_SAMPLES, config.train.seed + 1).to(device)
         self.validation_target, self.midpoint_rmse = None, None
 
     def optimizer_steps(self, steps: int) -> dict[str, int]:
-        """One predictor update per student interval, N - 1 a loop step."""
+        """Greedy: one predictor update per student interval, N - 1 a loop step; end to end: one a loop step."""
+        if self.settings.loss == "end_to_end":
+            return {name: steps for name in self.models}
         return {"predictor": steps * (self.settings.num_steps - 1)}
+
+    def student_timesteps(self, context: StepContext) -> Tensor:
+        """The student's N sigmas: the learned ones now with amed.learn_timesteps, else the fixed ones."""
+        return context.unwrap("timesteps")().detach() if self.settings.learn_timesteps else self.timesteps
+
+    def trained_predictor(self, context: StepContext) -> "PreparedPredictor":
+        """The predictor as the loop prepared it (DDP-wrapped under several processes), for the solvers to call."""
+        return PreparedPredictor(self.models["predictor"], context.unwrap("predictor").features)
 
     def train_step(self, batch: list[Tensor], context: StepContext) -> dict[str, Tensor]:
         (noise,) = batch
         with torch.no_grad():
             states = teacher_states(self.field, noise, self.settings, self.teacher_timesteps)
-        predictor, velocity = self.models["predictor"], self.field.edm
+        if self.settings.loss == "end_to_end":
+            # The wrapped models run the solve, so that two processes average their gradients.
+            options = self.settings.solver_options(context.unwrap("predictor"))
+            options["predictor"] = self.trained_predictor(context)
+            timesteps = self.models["timesteps"]() if self.settings.learn_timesteps else self.timesteps
+            student = SOLVERS[self.settings.solver].function(self.field.edm, states[0], timesteps.to(noise), **options)
+            loss = (student - states[-1]).pow(2).flatten(1).sum(1).mean()
+            context.update(tuple(self.models), loss)
+            return {"loss": loss.detach()}
+        predictor, velocity = self.trained_predictor(context), self.field.edm
         afs_options = context.unwrap("predictor").afs_options()
         x, history, losses = states[0], [], []
         for n in range(self.settings.num_steps - 1):
@@ -235,17 +290,32 @@ class AmedTrainer:
         rs = []
         options = self.settings.solver_options(predictor)
         callback = lambda info: rs.append(info["r"].mean().item())  # noqa: E731
-        student = SOLVERS[self.settings.solver].function(velocity, noise, self.timesteps, callback=callback, **options)
+        timesteps = self.student_timesteps(context).to(noise)
+        student = SOLVERS[self.settings.solver].function(velocity, noise, timesteps, callback=callback, **options)
         metrics = {"rmse_to_teacher": rmse(student), "rmse_midpoint_to_teacher": self.midpoint_rmse}
+        metrics |= {f"t_{n}": t for n, t in enumerate(timesteps.tolist())} if self.settings.learn_timesteps else {}
         return metrics | {f"r_{n}": r for n, r in enumerate(rs)}
 
+    def student_schedule(self, context: StepContext) -> SavedSchedule | None:
+        """The schedule the predictor runs on when it is not the named one: learned with it, or amed.schedule_file."""
+        if not self.settings.learn_timesteps:
+            return self.saved_schedule
+        init = self.saved_schedule.name if self.saved_schedule else self.settings.schedule
+        settings = {"method": "amed_end_to_end", "init": init, "timestep_lr": self.settings.timestep_lr}
+        settings |= {"steps": self.config.train.steps}
+        name = f"learned_{self.settings.solver}_nfe{self.settings.nfe}_{init}"
+        timesteps = self.student_timesteps(context).double().cpu()
+        return SavedSchedule(self.field.field_id, "sigma", timesteps, self.settings.solver, name, settings)
+
     def export(self, context: StepContext, folder: Path) -> None:
-        """The predictor's folder (and the saved schedule it was distilled on), written completely or not at all."""
+        """The predictor's folder (and the schedule it runs on, if not the named one), written completely or not at
+        all."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         context.unwrap("predictor").save_pretrained(temporary)
-        if self.saved_schedule is not None:
-            save_schedule(self.saved_schedule, temporary / PREDICTOR_SCHEDULE)
+        schedule = self.student_schedule(context)
+        if schedule is not None:
+            save_schedule(schedule, temporary / PREDICTOR_SCHEDULE)
         replace_folder(temporary, folder)
 
 

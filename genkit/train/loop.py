@@ -67,8 +67,9 @@ class StepContext:
         """Tensors (or nests of them) on the training device; floating ones in float64 when train.float64."""
         return self._loop.to_device(data)
 
-    def update(self, name: str, loss: Tensor) -> None:
-        """Backward `loss`; on a synchronising micro-step clip, step the optimizer `name` and its LR schedule."""
+    def update(self, name: str | tuple[str, ...], loss: Tensor) -> None:
+        """Backward `loss` once; on a synchronising micro-step clip, step the optimizer `name` (or each of several
+        names, for a loss that trains several models together) and its LR schedule."""
         self._loop.update(name, loss)
 
     def unwrap(self, name: str) -> nn.Module:
@@ -159,14 +160,15 @@ class Loop:
             )
         return config.batch_size // config.grad_accum_steps
 
-    def update(self, name: str, loss: Tensor) -> None:
-        """Backward `loss`; on a synchronising micro-step clip, step the optimizer and its LR schedule."""
+    def update(self, names: str | tuple[str, ...], loss: Tensor) -> None:
+        """Backward `loss` once; on a synchronising micro-step clip, step each named optimizer and its LR schedule."""
         self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.trainer.models[name].parameters(), self.config.max_grad_norm)
-        self.trainer.optimizers[name].step()
-        self.schedulers[name].step()
-        self.trainer.optimizers[name].zero_grad(set_to_none=True)
+        for name in (names,) if isinstance(names, str) else names:
+            if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(self.trainer.models[name].parameters(), self.config.max_grad_norm)
+            self.trainer.optimizers[name].step()
+            self.schedulers[name].step()
+            self.trainer.optimizers[name].zero_grad(set_to_none=True)
 
     def ema_weights(self):
         """The EMA weights swapped into the EMA model for the duration (a no-op without EMA)."""
