@@ -67,10 +67,13 @@ def learn_schedule(
     generator = torch.Generator().manual_seed(seed + 1)
     options = {"iterations": iterations, "lr": lr, "batch_size": batch_size, "generator": generator}
     learned, history = learn_timesteps(function, velocity, x, target, timesteps, isinstance(path, EDMPath), **options)
-    with torch.no_grad():
-        # The final RMSE to the teacher on all the training draws, learned against initial: a quick check.
-        rmse = lambda t: (function(velocity, x, t) - target).double().pow(2).mean().sqrt().item()  # noqa: E731
-        fitted, start = rmse(learned), rmse(timesteps)
+
+    @torch.no_grad()
+    def rmse(times: torch.Tensor) -> float:
+        """RMSE to the teacher on all the training draws: the learned times against the initial ones, a quick check."""
+        return (function(velocity, x, times) - target).double().pow(2).mean().sqrt().item()
+
+    fitted, start = rmse(learned), rmse(timesteps)
     settings = {"method": "ld3", "init": init, "iterations": iterations, "lr": lr, "batch_size": batch_size}
     settings |= {"teacher": TEACHER, "teacher_steps": teacher_steps, "num_samples": num_samples, "seed": seed}
     settings |= {"loss": min(history), "rmse_to_teacher": fitted, "rmse_to_teacher_init": start}
