@@ -6,8 +6,8 @@ For each model (configs/compare/bench_few_step_{digits,crops}.yaml) the flow is 
 every schedule and three AMED-Plugin(iPNDM) distillations (greedy, end to end, end to end with learned timesteps).
 Prints RMSE and excess FD by NFE, each method's fitting time, and the goal of issue 14: at NFE 5 the best genkit
 sampler's RMSE <= 0.33x and excess FD <= 0.25x the best baseline's, and at NFE 3 and 4 it beats the best baseline at
-NFE 5. `--only` runs one model; `--quick` is a smoke run (tiny budgets, its own folders). Writes
-runs/bench_few_step[_<only>][_quick].json.
+NFE 5. `--only` runs one model; `--quick` is a smoke run (tiny budgets, its own folders); `--rmse-only` skips FD (the
+crops' Inception is slow on a CPU). Writes runs/bench_few_step[_<only>][_quick].json.
 """
 
 import argparse
@@ -132,13 +132,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=MODELS, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run, meaningless numbers")
+    parser.add_argument(
+        "--rmse-only", action="store_true", help="skip FD (on one CPU thread Inception takes ~2 min a sample set)"
+    )
     args = parser.parse_args()
     results = {}
     for model in MODELS:
         if args.only not in (None, model):
             continue
         path = REPO / f"configs/compare/bench_few_step_{model}.yaml"
-        overrides = QUICK if args.quick else []
+        overrides = (QUICK if args.quick else []) + (["samplers.metrics=[rmse]"] if args.rmse_only else [])
         config = load_config(path, overrides)
         if args.quick:
             config.name += "-quick"
