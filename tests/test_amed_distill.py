@@ -1,6 +1,7 @@
 """AMED predictor distillation on a 64-dim mixture through `genkit train`, and the predictor's settings guard."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,15 +127,20 @@ def test_a_predictor_refuses_other_settings(distilled):
         load_predictor(folder / "runs" / "gmm" / "model", "gmm(other)", config.amed)
 
 
+def distil_on_one_and_two_ranks(folder: Path, config: dict) -> tuple[Path, Path]:
+    """The model folders of `config` distilled in one process and on two gloo ranks (each rank count checked)."""
+    (folder / "amed.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(folder / "runs")}))
+    for name, run in (("one", genkit), ("two", genkit_on_two_ranks)):
+        result = run(folder, "train", "amed.yaml", f"name={name}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        runtime = yaml.safe_load((folder / "runs" / name / "runtime.json").read_text())
+        assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
+    return folder / "runs" / "one" / "model", folder / "runs" / "two" / "model"
+
+
 def test_two_processes_distil_the_same_predictor_as_one(tmp_path):
     """The global batch split over two gloo ranks gives the same predictor weights as one process."""
     config = {**CONFIG, "num_samples": 512, "train": {**CONFIG["train"], "steps": 6, "eval_every": 6, "float64": True}}
-    (tmp_path / "amed.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
-    for name, run in (("one", genkit), ("two", genkit_on_two_ranks)):
-        result = run(tmp_path, "train", "amed.yaml", f"name={name}")
-        assert result.returncode == 0, result.stderr[-2000:]
-        runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
-        assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
-    one, two = (PredictorModel.from_pretrained(tmp_path / "runs" / n / "model").state_dict() for n in ("one", "two"))
+    one, two = (PredictorModel.from_pretrained(m).state_dict() for m in distil_on_one_and_two_ranks(tmp_path, config))
     # Adam at lr 5e-3, one update per interval: 3 a step.
     assert_same_weights(one, two, float64_training_atol(lr=5e-3, updates=6 * 3))

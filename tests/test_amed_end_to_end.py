@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-import yaml
-from launching import genkit, genkit_on_two_ranks
-from test_amed_distill import CONFIG, distil_in_process
+from test_amed_distill import CONFIG, distil_in_process, distil_on_one_and_two_ranks
 from torch.nn.parallel import DistributedDataParallel
 from weights import assert_same_weights, float64_training_atol
 
@@ -82,16 +80,11 @@ def test_two_processes_learn_the_same_predictor_and_timesteps_as_one(tmp_path):
     amed = {**CONFIG["amed"], "loss": "end_to_end", "learn_timesteps": True}
     train = {**CONFIG["train"], "steps": 6, "eval_every": 6, "float64": True}
     config = {**CONFIG, "num_samples": 512, "amed": amed, "train": train}
-    (tmp_path / "amed.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
-    for name, run in (("one", genkit), ("two", genkit_on_two_ranks)):
-        result = run(tmp_path, "train", "amed.yaml", f"name={name}")
-        assert result.returncode == 0, result.stderr[-2000:]
-        runtime = yaml.safe_load((tmp_path / "runs" / name / "runtime.json").read_text())
-        assert runtime["num_processes"] == {"one": 1, "two": 2}[name]
-    one, two = (PredictorModel.from_pretrained(tmp_path / "runs" / n / "model").state_dict() for n in ("one", "two"))
+    models = distil_on_one_and_two_ranks(tmp_path, config)
+    one, two = (PredictorModel.from_pretrained(model).state_dict() for model in models)
     assert_same_weights(one, two, float64_training_atol(lr=5e-3, updates=6))
     field = load_config(tmp_path / "amed.yaml").field.load()
-    one, two = (load_schedule(tmp_path / "runs" / n / "model" / PREDICTOR_SCHEDULE, field) for n in ("one", "two"))
+    one, two = (load_schedule(model / PREDICTOR_SCHEDULE, field) for model in models)
     torch.testing.assert_close(one.timesteps, two.timesteps, rtol=0, atol=float64_training_atol(lr=0.05, updates=6))
 
 
