@@ -150,7 +150,8 @@ def main() -> None:
         config.samplers.schedules = [*config.samplers.schedules, *map(str, schedules)]
         cells = rows(compare.run(config))
         print_table(f"{model}: terminal RMSE to the reference", cells, "rmse")
-        print_table(f"{model}: excess FD (FD minus the reference solve's)", cells, "excess_fd")
+        if "fd" in config.samplers.metrics:
+            print_table(f"{model}: excess FD (FD minus the reference solve's)", cells, "excess_fd")
         seconds = fitting_seconds(config, schedules)
         print(f"\n{model}: fitting time on this CPU, s")
         for name, value in seconds.items():
