@@ -1,20 +1,25 @@
 """genkit: train and compare generative models of images behind one velocity-field interface."""
 
-from genkit.errors import GenkitError
-from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.paths import EDMPath, RectifiedPath
-from genkit.velocity import DenoiserField, DiffusersField, GradientField, RectifiedAsEDM, VelocityModel
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DenoiserField",
-    "DiffusersField",
-    "EDMPath",
-    "GaussianMixtureField",
-    "GenkitError",
-    "GradientField",
-    "RectifiedAsEDM",
-    "RectifiedPath",
-    "VelocityModel",
-]
+# Public names, imported on first use: `genkit --help` must not wait for torch.
+_EXPORTS = {
+    "DenoiserField": "genkit.velocity",
+    "DiffusersField": "genkit.velocity",
+    "EDMPath": "genkit.paths",
+    "GaussianMixtureField": "genkit.gaussian_mixture",
+    "GenkitError": "genkit.errors",
+    "GradientField": "genkit.velocity",
+    "RectifiedAsEDM": "genkit.velocity",
+    "RectifiedPath": "genkit.paths",
+    "VelocityModel": "genkit.velocity",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'genkit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,63 +1,14 @@
-"""Files that must survive a killed run: atomic writes, model folders, and rotating training checkpoints.
+"""Rotating training checkpoints: `step_<N>` folders under a run's checkpoints/, oldest first, the newest resumed.
 
-Everything is written under a temporary name and renamed into place, so a reader (or a resumed run)
-sees either the previous complete file or the new complete one, never half of one.
+Each is written completely before it appears (genkit.files); temporary folders start with a dot and are skipped.
 """
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-
-from torch import nn
 
 from genkit.errors import GenkitError
 
 CHECKPOINT_PREFIX = "step_"
-CONFIG_NAME = "config.json"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def replace_folder(temporary: Path, folder: Path) -> None:
-    """Move a completely written `temporary` folder to `folder`, replacing an older one."""
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(temporary, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(temporary, folder)
-
-
-def save_pretrained(model: nn.Module, folder: Path) -> None:
-    """`model.save_pretrained` (config.json + safetensors) into `folder`, atomically: all of it or the old folder."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    model.save_pretrained(temporary)
-    replace_folder(temporary, folder)
-
-
-def saved_class(folder: Path) -> str | None:
-    """The `_class_name` a saved model folder's config.json names; None when there is no readable one."""
-    try:
-        return json.loads((Path(folder) / CONFIG_NAME).read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def checkpoint_step(folder: Path) -> int:

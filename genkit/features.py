@@ -8,7 +8,6 @@ TorchScript file mapping images in [-1, 1] to [N, D] features. Nothing is downlo
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from genkit.digits import EPOCHS, DigitClassifier, DigitFeatures, digit_classifier
 from genkit.errors import GenkitError
+from genkit.files import atomic, cache_dir
+from genkit.progress import progress
 
 EXTRACTORS = ("digits", "inception", "torchscript")
 DIGITS_SIZE = 32
@@ -55,8 +55,8 @@ class Extractor:
         batches = images.split(batch_size)
         # A bar for many batches, on the first process only (the only one when no process group is running).
         quiet = len(batches) < 2 or (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
-        progress = tqdm(batches, desc=f"{self.name} features", unit="batch", leave=False, disable=quiet)
-        return torch.cat([self.embed(batch.float().clamp(-1, 1)).double().cpu() for batch in progress])
+        bar = progress(batches, desc=f"{self.name} features", unit="batch", leave=False, disable=quiet)
+        return torch.cat([self.embed(batch.float().clamp(-1, 1)).double().cpu() for batch in bar])
 
     def protocol(self) -> dict:
         """What a reader needs to reproduce a number made with these features."""
@@ -66,10 +66,6 @@ class Extractor:
             "extractor_input": f"{self.channels}x{self.image_size}x{self.image_size}",
             "resize": "bilinear, antialiased",
         }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
 
 
 def digest_of(data: bytes) -> str:
@@ -85,10 +81,8 @@ def digit_extractor(image_size: int = DIGITS_SIZE, epochs: int = EPOCHS) -> Extr
         classifier.eval()
     else:
         classifier = digit_classifier(image_size, epochs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, temporary)
-        temporary.replace(path)
+        with atomic(path) as temporary:
+            save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, temporary)
     return Extractor(
         f"digits-{image_size}px", digest_of(path.read_bytes()), image_size, 1, DigitFeatures(classifier).eval()
     )

@@ -13,6 +13,7 @@ distilled for one model is refused for another.
 """
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from genkit.errors import GenkitError
 from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.models import load_velocity_model
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
-from genkit.runs import model_folder, run_data
+from genkit.runs import Run
+from genkit.schedules.file import SavedSchedule, time_of
 from genkit.velocity import DiffusersField, RectifiedAsEDM, VelocityModel
 
 FIELD_KINDS = ("mixture", "flow_run", "diffusers")
@@ -49,8 +51,17 @@ class Field:
     def schedules(self) -> tuple[str, ...]:
         return tuple(schedule for _, path in self.forms for schedule in path.schedules)
 
-    def form(self, schedule: str, solver: str = "euler") -> tuple[VelocityModel, ProbabilityPath]:
-        """The velocity and path that `schedule` spans; one clear error when the field or the solver cannot use it."""
+    def form(self, schedule: "str | SavedSchedule", solver: str = "euler") -> tuple[VelocityModel, ProbabilityPath]:
+        """The velocity and path a schedule's name spans, or whose start and end a saved schedule's timesteps are;
+        one clear error when the field or the solver cannot use it."""
+        if isinstance(schedule, SavedSchedule):
+            ends = schedule.timesteps[0].item(), schedule.timesteps[-1].item()
+            for _, path in self.forms:
+                spans = zip(ends, (path.t_start, path.t_end), strict=True)
+                if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in spans):
+                    return self.form(path.schedules[0], solver)
+            spans = ", ".join(f"{time_of(path)} time from {path.t_start:g} to {path.t_end:g}" for _, path in self.forms)
+            raise GenkitError(f"timesteps from {ends[0]:g} to {ends[1]:g} fit no form of this field ({spans})")
         for velocity, path in self.forms:
             if schedule in path.schedules:
                 if samplers.solver_spec(solver).sigma_space and not isinstance(path, EDMPath):
@@ -76,21 +87,29 @@ class Field:
             native.schedules[0] if isinstance(native, RectifiedPath) and not spec.sigma_space else spec.default_schedule
         )
 
+    def steps(self, solver: str, nfe: int, schedule: str) -> int:
+        """How many steps of `schedule` make `solver` spend exactly `nfe` evaluations on this field."""
+        path = self.form(schedule, solver)[1]
+        return samplers.schedule_length(solver, nfe, schedule, path.schedule_options()) - 1
+
     def solve(
-        self, z: Tensor, solver: str, nfe: int, schedule: str, solver_opts: dict | None = None, callback=None
+        self,
+        z: Tensor,
+        solver: str,
+        nfe: int | None,
+        schedule: "str | SavedSchedule",
+        solver_opts: dict | None = None,
+        callback=None,
     ) -> Tensor:
-        """Data samples from noise z: `solver` at exactly `nfe` evaluations on `schedule`, mapped to data."""
+        """Data samples from noise z: `solver` at exactly `nfe` evaluations, mapped to data.
+
+        `schedule` is a schedule's name, or a saved schedule whose timesteps the solver runs on exactly (then `nfe`,
+        when given, must be what it spends on them).
+        """
         velocity, path = self.form(schedule, solver)
-        x = samplers.solve(
-            velocity,
-            path.start(z.to(self.dtype)),
-            solver,
-            nfe,
-            schedule,
-            path.schedule_options(),
-            solver_opts,
-            callback,
-        )
+        times = schedule.timesteps if isinstance(schedule, SavedSchedule) else schedule
+        x = path.start(z.to(self.dtype))
+        x = samplers.solve(velocity, x, solver, nfe, times, path.schedule_options(), solver_opts, callback)
         return path.to_data(x)
 
     def reference(self, z: Tensor, schedule: str, tolerance: float, method: str = "DOP853") -> tuple[Tensor, int]:
@@ -150,17 +169,17 @@ def frozen(network: nn.Module, device: torch.device | str, dtype: torch.dtype | 
 
 def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
     """A genkit flow (or last ReFlow stage) model: rectified time natively, EDM form through RectifiedAsEDM."""
-    folder = model_folder(run)
-    model = frozen(load_velocity_model(folder / "model"), device, dtype)
+    run = Run(run).last_stage
+    model = frozen(load_velocity_model(run.model), device, dtype)
     # The state at sigma_min is x~ = x_t / t with t = 1 / (1 + sigma_min): data is x~ / (1 + sigma_min).
     edm = EDMPath(data_scale=1 / (1 + EDMPath().sigma_min))
     forms = [(model, RectifiedPath()), (RectifiedAsEDM(model), edm)]
-    return Field(flow_run_id(folder), data_shape(run_data(folder)), dtype or torch.float32, forms)
+    return Field(flow_run_id(run.folder), data_shape(run.data), dtype or torch.float32, forms)
 
 
-def flow_run_id(folder: Path) -> str:
-    """The id of the model in a flow run's `model_folder`: the digest of its weights."""
-    return f"flow_run(sha256={weights_digest(*sorted((folder / 'model').glob('*.safetensors')))})"
+def flow_run_id(run: Path) -> str:
+    """The id of the model of a flow run (its last stage for a ReFlow run): the digest of its weights."""
+    return f"flow_run(sha256={weights_digest(*sorted(Run(run).last_stage.model.glob('*.safetensors')))})"
 
 
 def local_diffusers_folder(source: str) -> Path:
@@ -182,8 +201,8 @@ def local_diffusers_folder(source: str) -> Path:
 
 def load_diffusers(source: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
     """A diffusers UNet2DModel and its scheduler's noise table (a local folder or Hub id with unet/, scheduler/)."""
-    folder = local_diffusers_folder(source)
-    unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
+    folder = Run(local_diffusers_folder(source))
+    unet_dir, scheduler_dir = folder.unet, folder.scheduler
     if not unet_dir.is_dir() or not scheduler_dir.is_dir():
         raise GenkitError(
             f"{source} is not a diffusers model folder with unet/ and scheduler/ (as DDPMPipeline.save_pretrained "
@@ -196,3 +215,9 @@ def load_diffusers(source: str, device: torch.device | str = "cpu", dtype: torch
     files = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin")) + [scheduler_dir / SCHEDULER_FILE]
     field_id = f"diffusers(sha256={weights_digest(*files)})"
     return Field(field_id, shape, dtype or torch.float32, [(DiffusersField(unet, scheduler), EDMPath())])
+
+
+def load_folder(folder: Path, device: torch.device | str = "cpu") -> Field:
+    """The field of a flow or ReFlow run folder, or of a diffusers model folder (unet/, scheduler/)."""
+    kind = "diffusers" if Run(folder).is_diffusers else "flow_run"
+    return FieldConfig(kind=kind, path=str(folder)).load(device)

@@ -17,8 +17,8 @@ from diffusers import UNet2DModel
 from safetensors import SafetensorError
 from torch import nn
 
-from genkit.checkpoint import CONFIG_NAME, save_pretrained, saved_class, write_json
 from genkit.errors import GenkitError
+from genkit.files import CONFIG_NAME, save_pretrained, saved_class, write_json
 from genkit.nets import TimeMLP, UNetVelocity
 from genkit.nets.discriminator import PatchDiscriminator
 from genkit.nets.gan import CriticPotential, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator

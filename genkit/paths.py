@@ -8,6 +8,7 @@ final state maps to data (`to_data`). Both take noise as `x0` and data as `x1`; 
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from samplers.schedules import SCHEDULES, SIGMA_MAX, SIGMA_MIN
@@ -97,3 +98,18 @@ class EDMPath:
 
 
 ProbabilityPath = RectifiedPath | EDMPath
+
+
+def nested_timesteps(path: ProbabilityPath, student: str | Tensor, refinement: int, points: int = 0) -> Tensor:
+    """A teacher's grid nesting a student's times: `refinement` more times inside each student interval, so that
+    every (refinement + 1)-th is the student's (docs/amed.md §6.1).
+
+    For a named schedule the student has `points` times and the grid is the same schedule with
+    (refinement + 1)(points - 1) + 1; for given timesteps the times added are geometric in sigma (as AMED's s_n,
+    docs/amed.md §3.1).
+    """
+    if isinstance(student, str):
+        return path.timesteps(student, (refinement + 1) * (points - 1) + 1)
+    fraction = torch.arange(refinement + 1, dtype=torch.float64) / (refinement + 1)
+    inner = student[:-1, None] ** (1 - fraction) * student[1:, None] ** fraction
+    return torch.cat([inner.flatten(), student[-1:]])

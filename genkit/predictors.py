@@ -9,20 +9,26 @@ saved with its weights, and its solver options pass them on (samplers.amed.gauss
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
-from genkit.checkpoint import saved_class
 from genkit.config import check_choice, ranged
 from genkit.errors import GenkitError
+from genkit.files import saved_class
 from genkit.paths import EDMPath
+from genkit.schedules.file import SavedSchedule, load_schedule
 from samplers import SOLVERS, AMEDPredictor
 from samplers.amed import FEATURES, PLUGIN_BASES
-from samplers.learned import initial_logits, monotone_timesteps
+from samplers.ld3 import initial_logits, monotone_timesteps
 
+if TYPE_CHECKING:  # genkit.fields imports this module's users; only the type is needed here
+    from genkit.fields import Field
+
+PREDICTOR_SCHEDULE = "schedule.json"  # in the model folder of a predictor distilled on a saved schedule
 STUDENTS = tuple(name for name, spec in SOLVERS.items() if spec.predictor)
 
 
@@ -46,9 +52,9 @@ class PredictorSettings:
         check_choice("amed.schedule", self.schedule, EDMPath.schedules)
         check_choice("amed.features", self.features, FEATURES)
 
-    def timesteps(self, path: EDMPath | None = None, refinement: int = 0) -> Tensor:
-        """The student's N sigmas on `path` (EDM's default range), or with `refinement` more inside each interval."""
-        return (path or EDMPath()).timesteps(self.schedule, (refinement + 1) * (self.num_steps - 1) + 1)
+    def timesteps(self, path: EDMPath | None = None) -> Tensor:
+        """The student's N sigmas on `path` (EDM's default range)."""
+        return (path or EDMPath()).timesteps(self.schedule, self.num_steps)
 
     @property
     def nfe(self) -> int:
@@ -117,7 +123,7 @@ class PredictorModel(ModelMixin, ConfigMixin):
 
 class LearnedTimesteps(ModelMixin, ConfigMixin):
     """A predictor's sigma timesteps learned with it (amed.learn_timesteps): t_0 and t_{N-1} fixed, the steps between
-    them in log sigma the softmax of N - 1 logits (samplers.learned.monotone_timesteps), so they stay ordered."""
+    them in log sigma the softmax of N - 1 logits (samplers.ld3.monotone_timesteps), so they stay ordered."""
 
     @register_to_config
     def __init__(self, initial: list[float]):
@@ -148,3 +154,29 @@ def load_predictor(folder: Path, field_id: str, settings: PredictorSettings | No
             f"the AMED predictor in {folder} does not fit this use ({'; '.join(changed)}); distil one for it"
         )
     return predictor.eval()
+
+
+@dataclass
+class Distilled:
+    """A predictor loaded for its field with what it must be solved with: solver, NFE, schedule, solver options."""
+
+    predictor: PredictorModel
+    settings: PredictorSettings
+    nfe: int
+    schedule: str | SavedSchedule  # the named schedule, or the saved one it was distilled on (model/schedule.json)
+
+    @property
+    def solver_options(self) -> dict:
+        return self.settings.solver_options(self.predictor)
+
+
+def load_distilled(folder: Path, field: "Field", device: torch.device | str = "cpu") -> Distilled:
+    """The predictor in `folder` for `field` (refused for another), with its own schedule: the saved one it was
+    distilled on when the folder keeps one, else its named schedule."""
+    predictor = load_predictor(folder, field.field_id).to(device)
+    settings = predictor.tied_settings
+    own = Path(folder) / PREDICTOR_SCHEDULE
+    if not own.is_file():
+        return Distilled(predictor, settings, settings.nfe, settings.schedule)
+    saved = load_schedule(own, field)
+    return Distilled(predictor, settings, saved.nfe(settings.solver, afs=settings.afs), saved)

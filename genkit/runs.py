@@ -1,55 +1,134 @@
-"""Run folders: where a run's model is, what data it was trained on, whether it is finished, how long it took.
+"""Run folders: the one place that knows their layout. Everything else asks a `Run`.
 
-A run folder (`<output_dir>/<name>/`) holds config.yaml (the resolved config, written when the loop starts),
-checkpoints/, metrics.jsonl and, once finished, model/ (written last). A ReFlow run holds one such folder a stage.
+A run folder `<output_dir>/<name>/` holds:
+
+    config.yaml      the resolved config (its `task` is the run's kind), written when the training loop starts
+    runtime.json     processes, device, precision and batch split of the last start
+    metrics.jsonl    the logged metrics
+    checkpoints/     step_<N>/ folders, the newest resumed by train.resume=latest (genkit.checkpoint)
+    model/           the trained model, written last (so a run with model/ is finished): a velocity model (flow),
+                     generator/ and critic/ (gan), a tokenizer, or an AMED predictor (+ schedule.json)
+    samples/         what `genkit sample` writes
+    schedules/       what `genkit schedule search` and `genkit schedule learn` write
+
+A ReFlow run holds one such folder a training stage (1-rf/, 2-rf/, ..., distill/), pair folders (pairs-1/, ...:
+pairs.json and shards) and summary.json; its model is its last finished stage's. A diffusers model folder
+(`unet/` and `scheduler/`, as DDPMPipeline.save_pretrained writes it) is a run of kind `diffusers` without a
+config: it is its own model, and its schedules go in its schedules/.
 """
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
-from genkit.checkpoint import CONFIG_NAME
 from genkit.data import DataConfig
 from genkit.errors import GenkitError
+from genkit.files import CONFIG_NAME
 
-RUN_CONFIG = "config.yaml"
-MODEL = "model"
-
-
-def read_run_config(run: Path) -> dict:
-    """The resolved config a run folder holds, as nested dicts."""
-    path = Path(run) / RUN_CONFIG
-    if not path.is_file():
-        raise GenkitError(f"{run} is not a run folder (no {RUN_CONFIG}); train it first or fix the path")
-    return yaml.safe_load(path.read_text())
+CONFIG_FILE = "config.yaml"
+MODEL, SAMPLES, SCHEDULES = "model", "samples", "schedules"
+UNET, SCHEDULER = "unet", "scheduler"  # the parts of a diffusers model folder
+KINDS = ("flow", "reflow", "gan", "tokenizer", "amed", "diffusers")
 
 
-def run_data(run: Path) -> DataConfig:
-    """The data config a run was trained on."""
-    return DataConfig(**read_run_config(run)["data"])
+@dataclass(frozen=True, eq=True)
+class Run:
+    """A run folder (module docstring): its config, kind, model, stages and the folders it writes to."""
 
+    folder: Path
 
-def model_folder(run: Path) -> Path:
-    """The run folder holding the model of a flow run, or of the last trained stage of a ReFlow run."""
-    run = Path(run)
-    if (run / MODEL).is_dir():
-        return run
-    stages = sorted((p.parent for p in run.glob(f"*/{MODEL}")), key=lambda p: p.stat().st_mtime)
-    if not stages:
-        raise GenkitError(f"{run} holds no trained model (no {MODEL}/ folder); train it first")
-    return stages[-1]
+    def __post_init__(self):
+        object.__setattr__(self, "folder", Path(self.folder))
 
+    @property
+    def name(self) -> str:
+        return self.folder.name
 
-def finished(run: Path, config: dict) -> bool:
-    """Whether `run` holds a model trained with exactly this resolved config (so it can be reused, not retrained)."""
-    run = Path(run)
-    return (run / MODEL).is_dir() and (run / RUN_CONFIG).is_file() and read_run_config(run) == config
+    @property
+    def config_file(self) -> Path:
+        return self.folder / CONFIG_FILE
 
+    @property
+    def model(self) -> Path:
+        """The trained model's folder (a diffusers model folder is its own)."""
+        return self.folder if self.is_diffusers else self.folder / MODEL
 
-def training_seconds(run: Path) -> float:
-    """Wall time of a finished run: from its config.yaml (written when the loop starts) to its exported model."""
-    run = Path(run)
-    written = [path.stat().st_mtime for path in (run / MODEL).rglob(CONFIG_NAME)]
-    if not written:
-        raise GenkitError(f"{run} is not finished (no {MODEL}/{CONFIG_NAME})")
-    return max(written) - (run / RUN_CONFIG).stat().st_mtime
+    @property
+    def samples(self) -> Path:
+        return self.folder / SAMPLES
+
+    @property
+    def schedules(self) -> Path:
+        return self.folder / SCHEDULES
+
+    @property
+    def unet(self) -> Path:
+        return self.folder / UNET
+
+    @property
+    def scheduler(self) -> Path:
+        return self.folder / SCHEDULER
+
+    @property
+    def is_diffusers(self) -> bool:
+        """Whether this is a diffusers model folder (unet/ and scheduler/, no config.yaml)."""
+        return self.unet.is_dir() and not self.config_file.is_file()
+
+    def resolved(self) -> dict:
+        """The resolved config this run was trained with, as nested dicts (what `finished_with` compares)."""
+        if not self.config_file.is_file():
+            raise GenkitError(f"{self.folder} is not a run folder (no {CONFIG_FILE}); train it first or fix the path")
+        return yaml.safe_load(self.config_file.read_text())
+
+    @cached_property
+    def config(self):
+        """The run's config, typed: its task's config dataclass (genkit.config.load_config)."""
+        from genkit.config import load_config  # imported here: genkit.config's tasks import this module
+
+        self.resolved()  # one clear error when there is no config
+        return load_config(self.config_file)
+
+    @property
+    def kind(self) -> str:
+        """One of KINDS: the config's task, or `diffusers` for a diffusers model folder."""
+        return "diffusers" if self.is_diffusers else self.resolved()["task"]
+
+    @property
+    def data(self) -> DataConfig:
+        """The data config the run was trained on."""
+        return DataConfig(**self.resolved()["data"])
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run holds its trained model (written last)."""
+        return self.model.is_dir()
+
+    def finished_with(self, config: dict) -> bool:
+        """Whether the run holds a model trained with exactly this resolved config (reused, not retrained)."""
+        return self.finished and self.config_file.is_file() and self.resolved() == config
+
+    @property
+    def stages(self) -> list["Run"]:
+        """A ReFlow run's training stages that have started, in the order they started (empty for other runs)."""
+        started = [Run(path.parent) for path in self.folder.glob(f"*/{CONFIG_FILE}")]
+        return sorted(started, key=lambda stage: stage.config_file.stat().st_mtime)
+
+    @property
+    def last_stage(self) -> "Run":
+        """The run holding the model: this one, or the last finished stage of a ReFlow run."""
+        if self.finished:
+            return self
+        finished = [stage for stage in self.stages if stage.finished]
+        if not finished:
+            raise GenkitError(f"{self.folder} holds no trained model (no {MODEL}/ folder); train it first")
+        return max(finished, key=lambda stage: stage.model.stat().st_mtime)
+
+    @property
+    def training_seconds(self) -> float:
+        """Wall time of a finished run: from its config.yaml (written when the loop starts) to its exported model."""
+        written = [path.stat().st_mtime for path in self.model.rglob(CONFIG_NAME)]
+        if not written:
+            raise GenkitError(f"{self.folder} is not finished (no {MODEL}/{CONFIG_NAME})")
+        return max(written) - self.config_file.stat().st_mtime

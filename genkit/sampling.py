@@ -19,7 +19,6 @@ png and npz hold round((x + 1) 127.5) clamped to [0, 255] of images x in [-1, 1]
 memory of a run grows with its batch size, not with its sample count.
 """
 
-import dataclasses
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -34,17 +33,18 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor
 from torchvision.utils import save_image
-from tqdm.auto import tqdm
 
 import samplers
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.fields import load_flow_run
 from genkit.models import load_gan
-from genkit.predictors import load_predictor
+from genkit.noise import initial_noise
+from genkit.predictors import load_distilled
 from genkit.processes import process_state
-from genkit.runs import model_folder, read_run_config, run_data
-from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, solve_on_timesteps
+from genkit.progress import progress
+from genkit.runs import Run
+from genkit.schedules.file import SavedSchedule, load_schedule
 from genkit.tracking import image_grid
 from genkit.velocity import GradientField
 
@@ -52,12 +52,6 @@ DEFAULT_SOLVER, DEFAULT_NFE = "euler", 4
 DEFAULT_BATCH_SIZE = 256
 OUTPUTS = {"safetensors": ".safetensors", "png": "", "npz": ".npz"}  # --format: the suffix of <stem> it writes
 PICTURE_SAMPLES = 64
-
-
-def initial_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> Tensor:
-    """z_i ~ N(0, I) from generator seed * 1_000_003 + i: each sample's noise depends on (seed, i) only."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in indices]
-    return torch.stack(noise) if noise else torch.empty(0, *shape)
 
 
 def refine(field: GradientField, x: Tensor, steps: int, step_size: float) -> Tensor:
@@ -68,43 +62,34 @@ def refine(field: GradientField, x: Tensor, steps: int, step_size: float) -> Ten
 
 
 def flow_sampler(
-    folder: Path, device: torch.device, seed: int, solver: str, nfe: int | None, schedule: str | None, predictor
+    run: Run, device: torch.device, seed: int, solver: str, nfe: int | None, schedule: str | None, predictor
 ) -> tuple[Callable[[list[int]], Tensor], str]:
     """(indices -> samples of the run's velocity model with `solver`, the name of the setting).
 
-    `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.saved_schedules),
-    whose timesteps fix the NFE; a predictor distilled on a saved schedule brings its own (model/schedule.json).
+    `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.schedules.file),
+    whose timesteps fix the NFE; a predictor brings its own schedule (genkit.predictors.load_distilled).
     """
-    field = load_flow_run(folder, device)
+    field = load_flow_run(run.folder, device)
     spec, solver_opts = samplers.solver_spec(solver), None
-    saved = None if schedule in (None, *samplers.SCHEDULES) else load_schedule(Path(schedule), field)
+    if schedule is not None and schedule not in samplers.SCHEDULES:
+        schedule = load_schedule(Path(schedule), field)
     if not spec.predictor:
         if predictor is not None:
             raise GenkitError(f"--predictor is for the AMED solvers (amed, amed_plugin), not {solver}")
-        if saved is not None:
-            if nfe not in (None, saved.nfe(solver)):
-                raise GenkitError(
-                    f"the schedule in {schedule} gives {solver} {saved.nfe(solver)} evaluations, not --nfe {nfe}; "
-                    "drop --nfe"
-                )
-            nfe = saved.nfe(solver)
-        nfe, schedule = DEFAULT_NFE if nfe is None else nfe, schedule or field.default_schedule(solver)
+        if isinstance(schedule, SavedSchedule) and nfe not in (None, schedule.nfe(solver)):
+            raise GenkitError(
+                f"the schedule {schedule.name} gives {solver} {schedule.nfe(solver)} evaluations, not --nfe {nfe}; "
+                "drop --nfe"
+            )
+        schedule = schedule or field.default_schedule(solver)
+        nfe = schedule.nfe(solver) if isinstance(schedule, SavedSchedule) else nfe or DEFAULT_NFE
     elif predictor is None:
         raise GenkitError(f"--solver {solver} needs --predictor PATH, a predictor distilled for this run")
     else:
-        model = load_predictor(predictor, field.field_id).to(device)
-        settings = model.tied_settings
-        own = Path(predictor) / PREDICTOR_SCHEDULE
-        if own.is_file():  # distilled on a saved schedule: its timesteps, not the named schedule, are the predictor's
-            saved = load_schedule(own, field)
-            settings = dataclasses.replace(
-                settings, nfe=saved.nfe(settings.solver, afs=settings.afs), schedule=str(own)
-            )
-        wanted = {
-            "solver": (solver, settings.solver),
-            "nfe": (nfe, settings.nfe),
-            "schedule": (schedule, settings.schedule),
-        }
+        distilled = load_distilled(Path(predictor), field, device)
+        settings = distilled.settings
+        wanted = {"solver": (solver, settings.solver), "nfe": (nfe, distilled.nfe)}
+        wanted["schedule"] = (schedule_name(schedule), schedule_name(distilled.schedule))
         changed = [
             f"--{key} {asked} (it needs {needed})"
             for key, (asked, needed) in wanted.items()
@@ -112,30 +97,28 @@ def flow_sampler(
         ]
         if changed:
             raise GenkitError(
-                f"the AMED predictor in {predictor} was distilled for {settings.solver} at NFE {settings.nfe} on the "
-                f"{settings.schedule} schedule; drop or change {', '.join(changed)}"
+                f"the AMED predictor in {predictor} was distilled for {settings.solver} at NFE {distilled.nfe} on the "
+                f"{schedule_name(distilled.schedule)} schedule; drop or change {', '.join(changed)}"
             )
-        nfe, schedule, solver_opts = settings.nfe, settings.schedule, settings.solver_options(model)
-    if saved is not None:
-
-        def draw(indices: list[int]) -> Tensor:
-            noise = initial_noise(indices, field.shape, seed).to(device)
-            return solve_on_timesteps(field, noise, solver, saved.timesteps, solver_opts)
-
-        return draw, f"{solver}_nfe{nfe}_{saved.name}"
+        nfe, schedule, solver_opts = distilled.nfe, distilled.schedule, distilled.solver_options
     field.form(schedule, solver)  # a schedule or solver that does not fit the field fails before any sampling
 
     def draw(indices: list[int]) -> Tensor:
         return field.solve(initial_noise(indices, field.shape, seed).to(device), solver, nfe, schedule, solver_opts)
 
-    return draw, f"{solver}_nfe{nfe}_{schedule}"
+    return draw, f"{solver}_nfe{nfe}_{schedule_name(schedule)}"
+
+
+def schedule_name(schedule: str | SavedSchedule | None) -> str | None:
+    """A schedule's name, or a saved schedule's."""
+    return schedule.name if isinstance(schedule, SavedSchedule) else schedule
 
 
 def gan_sampler(
-    folder: Path, device: torch.device, seed: int, refine_steps: int, refine_step_size: float
+    run: Run, device: torch.device, seed: int, refine_steps: int, refine_step_size: float
 ) -> Callable[[list[int]], Tensor]:
     """indices -> generator samples G(z_i), refined along the critic's field when refine_steps > 0."""
-    gan = load_gan(folder / "model").to(device)
+    gan = load_gan(run.model).to(device)
     field, latent = gan.critic_field(), (gan.generator.config.latent_dim,)
 
     def draw(indices: list[int]) -> Tensor:
@@ -239,35 +222,35 @@ def draw_samples(
     if num < 1:
         raise GenkitError(f"the number of samples must be at least 1, got {num}")
     state = process_state()
-    folder = model_folder(run)
-    shape = data_shape(run_data(folder))
+    run = Run(run).last_stage
+    shape = data_shape(run.data)
     if output != "safetensors" and len(shape) != 3:
         raise GenkitError(
             f"--format {output} writes uint8 images for FID tools; this run samples points of shape {shape}: "
             "use --format safetensors"
         )
-    if read_run_config(folder)["task"] == "gan":
+    if run.kind == "gan":
         if (solver, nfe, schedule, predictor) != (None, None, None, None):
             raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
-        draw = gan_sampler(folder, state.device, seed, refine_steps, refine_step_size)
+        draw = gan_sampler(run, state.device, seed, refine_steps, refine_step_size)
         name = f"gan_refine{refine_steps}x{refine_step_size:g}"
     else:
         if refine_steps:
             raise GenkitError("--refine-steps follows a GAN critic; this run holds a velocity model")
-        draw, name = flow_sampler(folder, state.device, seed, solver or DEFAULT_SOLVER, nfe, schedule, predictor)
-    stem = folder / "samples" / f"{name}_seed{seed}"
+        draw, name = flow_sampler(run, state.device, seed, solver or DEFAULT_SOLVER, nfe, schedule, predictor)
+    stem = run.samples / f"{name}_seed{seed}"
     path, picture = Path(f"{stem}{OUTPUTS[output]}"), Path(f"{stem}.png")
     if state.is_main_process:
         stem.parent.mkdir(parents=True, exist_ok=True)
     writer = sample_writer(output, path, num, shape) if state.is_main_process else nullcontext(lambda batch: None)
-    progress = tqdm(total=num, desc="sampling", unit="sample", disable=not state.is_main_process)
+    bar = progress(total=num, desc="sampling", unit="sample", disable=not state.is_main_process)
     shown = []  # the picture's samples: the first PICTURE_SAMPLES images, or every point
-    with writer as write, progress:
+    with writer as write, bar:
         for batch in sample_batches(draw, num, batch_size, state):
             write(batch)
             if len(shape) != 3 or sum(map(len, shown)) < PICTURE_SAMPLES:
                 shown.append(batch)
-            progress.update(len(batch))
+            bar.update(len(batch))
     if state.is_main_process:
         save_picture(torch.cat(shown), picture)
     state.wait_for_everyone()

@@ -13,11 +13,11 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object, reduce
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from genkit.errors import GenkitError
 from genkit.features import Extractor
 from genkit.metrics import FeatureStatistics, frechet_from_statistics, psnr_per_image, ssim_per_image, uint8_levels
+from genkit.progress import progress
 from tokenizers_img.model import Tokenizer
 from tokenizers_img.usage import usage_of_counts
 
@@ -68,7 +68,7 @@ def evaluate_tokenizer(
     with state.split_between_processes(batches) as local:
         if local:  # untimed: a first call's one-off costs (kernel selection, allocation) are not throughput
             tokenizer.decode(tokenizer.encode(load(local[0])))
-        for batch in tqdm(local, desc="tokenizer evaluation", disable=not state.is_main_process):
+        for batch in progress(local, desc="tokenizer evaluation", disable=not state.is_main_process):
             x = load(batch)
             start = time.perf_counter()
             indices = tokenizer.encode(x)

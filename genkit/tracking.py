@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from genkit.checkpoint import write_json, write_text
+from genkit.files import write_json, write_text
 
 TRACKERS = ("wandb", "tensorboard", "none")
 PROJECT = "genkit"

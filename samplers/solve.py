@@ -36,19 +36,11 @@ def _check_options(what: str, function, options: dict, leading: int) -> None:
         raise SamplerError(f"bad options {options} for {what}: {error}") from None
 
 
-def solve(
-    field: Field,
-    x: Tensor,
-    solver: str = "euler",
-    nfe: int = 10,
-    schedule: str = "karras",
-    schedule_opts: dict | None = None,
-    solver_opts: dict | None = None,
-    callback: Callback = None,
-) -> Tensor:
-    """Integrate from x at the schedule's first time with `solver`, spending exactly `nfe` evaluations."""
+def schedule_length(
+    solver: str, nfe: int, schedule: str = "karras", schedule_opts: dict | None = None, solver_opts: dict | None = None
+) -> int:
+    """The (shortest) number of times of `schedule` on which `solver` spends exactly `nfe` evaluations."""
     spec, schedule_opts, solver_opts = solver_spec(solver), schedule_opts or {}, solver_opts or {}
-    _check_options(f"solver {solver!r}", spec.function, {"callback": None, **solver_opts}, leading=3)
     if schedule not in SCHEDULES:
         raise SamplerError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     make_schedule = SCHEDULES[schedule]
@@ -63,8 +55,38 @@ def solve(
             f"{solver} spends {spec.evaluations_per_step} evaluations a step and cannot spend exactly "
             f"nfe={nfe} on the {schedule!r} schedule; nearby budgets it can spend: {reachable}"
         )
+    return lengths[0]
+
+
+def solve(
+    field: Field,
+    x: Tensor,
+    solver: str = "euler",
+    nfe: int | None = 10,
+    schedule: str | Tensor = "karras",
+    schedule_opts: dict | None = None,
+    solver_opts: dict | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Integrate from x at the schedule's first time with `solver`, spending exactly `nfe` evaluations.
+
+    `schedule` is a schedule's name, whose length is then picked to cost exactly `nfe`, or the timesteps themselves,
+    on which `nfe` (when given) must be what the solver spends.
+    """
+    spec, solver_opts = solver_spec(solver), solver_opts or {}
+    _check_options(f"solver {solver!r}", spec.function, {"callback": None, **solver_opts}, leading=3)
+    if isinstance(schedule, str):
+        if nfe is None:
+            raise SamplerError(f"solving on the {schedule!r} schedule needs nfe, the number of evaluations")
+        length = schedule_length(solver, nfe, schedule, schedule_opts, solver_opts)
+        timesteps = SCHEDULES[schedule](length, **(schedule_opts or {}))
+    else:
+        timesteps, spent = schedule, spec.nfe(schedule, **solver_opts)
+        if nfe not in (None, spent):
+            raise SamplerError(f"{solver} spends {spent} evaluations on these {len(schedule)} timesteps, not nfe={nfe}")
+        nfe = spent
     counting = CountingField(field)
-    x = spec.function(counting, x, make_schedule(lengths[0], **schedule_opts), callback=callback, **solver_opts)
+    x = spec.function(counting, x, timesteps, callback=callback, **solver_opts)
     if counting.nfe != nfe:
         raise RuntimeError(f"{solver} spent {counting.nfe} evaluations, expected {nfe}: SolverSpec.nfe is out of date")
     return x

@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.config import load_config
-from genkit.runs import training_seconds
+from genkit.files import write_json
+from genkit.runs import Run
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = ("euler", "heun", "dpm_solver_2", "dpmpp_2m", "ipndm")
@@ -60,7 +60,7 @@ def report(field: str, config, result: dict) -> dict:
         print_table(f"{field}: FD to the val digits", summary["fd"], nfes, ".2f")
     predictors = config.run_dir / "predictors"
     summary["distil_seconds"] = {
-        grid.name: {nfe: training_seconds(predictors / f"{grid.name}_nfe{nfe}") for nfe in grid.nfe}
+        grid.name: {nfe: Run(predictors / f"{grid.name}_nfe{nfe}").training_seconds for nfe in grid.nfe}
         for grid in config.samplers.distill
     }
     print_table(f"{field}: distillation wall time, s", summary["distil_seconds"], nfes, ".1f")

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from genkit import compare
-from genkit.checkpoint import write_json
-from genkit.compare.training import trained
+from genkit.compare.training import train_or_reuse
 from genkit.config import load_config
 from genkit.fields import FieldConfig
-from genkit.learned_schedules import learn_schedule
-from genkit.runs import model_folder, training_seconds
-from genkit.saved_schedules import read_schedule, save_schedule, search_schedule
+from genkit.files import write_json
+from genkit.runs import Run
+from genkit.schedules.file import read_schedule, save_schedule
+from genkit.schedules.gits import search_schedule
+from genkit.schedules.ld3 import learn_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits", "crops")
@@ -40,9 +41,9 @@ FITTED = ("gits", "ld3")
 
 def fitted_schedules(config, quick: bool) -> list[Path]:
     """GITS and LD3 schedules of each SCHEDULE_SOLVERS at each NFE for the config's field, fitted now or reused."""
-    run = trained(config.samplers.train_field, config.run_overrides)
-    folder = model_folder(run) / "schedules"
-    field = FieldConfig(kind="flow_run", path=str(run)).load()
+    run = train_or_reuse(config.samplers.train_field, config.run_overrides)
+    folder = run.last_stage.schedules
+    field = FieldConfig(kind="flow_run", path=str(run.folder)).load()
     paths = []
     for method, fit, options in (
         ("gits", search_schedule, QUICK_SEARCH if quick else SEARCH),
@@ -85,7 +86,9 @@ def fitting_seconds(config, schedules: list[Path]) -> dict[str, float]:
     seconds = {path.stem: read_schedule(path).settings["seconds"] for path in schedules}
     for grid in config.samplers.distill:
         for nfe in grid.nfe:
-            seconds[f"{grid.name}_nfe{nfe}"] = training_seconds(config.run_dir / "predictors" / f"{grid.name}_nfe{nfe}")
+            seconds[f"{grid.name}_nfe{nfe}"] = Run(
+                config.run_dir / "predictors" / f"{grid.name}_nfe{nfe}"
+            ).training_seconds
     return seconds
 
 

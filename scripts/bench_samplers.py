@@ -14,9 +14,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.config import load_config
 from genkit.fields import FieldConfig
+from genkit.files import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 UNET = REPO / "runs" / "bench_samplers" / "unet"

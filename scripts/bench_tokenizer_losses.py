@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.config import load_config
+from genkit.files import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 LOSSES = ("l1", "perceptual", "adversarial", "gan")  # gan: the adversarial term without the perceptual one

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.compare.training import RunSpec
 from genkit.config import load_config
+from genkit.files import write_json
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
 

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.config import load_config
+from genkit.files import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = [

@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from genkit import compare
-from genkit.checkpoint import write_json
 from genkit.config import load_config
-from genkit.runs import training_seconds
+from genkit.files import write_json
+from genkit.runs import Run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = {"toys": ("8gaussians", "moons", "checkerboard"), "mnist": ("mnist5k",)}
@@ -32,7 +32,7 @@ def stage_table(result: dict, run: Path) -> tuple[dict[str, dict], dict]:
             floor = {metric: cell[metric] for metric in metrics}
             continue
         solve = cell["method"].startswith("reference")
-        stage = stages.setdefault(cell["field"], {"train s": training_seconds(run / cell["field"])})
+        stage = stages.setdefault(cell["field"], {"train s": Run(run / cell["field"]).training_seconds})
         stage |= {f"{metric}@{'ode' if solve else cell['nfe']}": cell[metric] for metric in metrics}
         if solve:
             stage |= {"NFE ode": cell["nfe_counted"], "straightness": cell["straightness"]}

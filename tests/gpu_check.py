@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import samplers
-from genkit.checkpoint import write_json
+from genkit.files import write_json
 from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.nets import UNetVelocity
 from genkit.nets.gan import DCGANCritic

@@ -12,8 +12,8 @@ from genkit.errors import GenkitError
 from genkit.fields import Field
 from genkit.models import load_model
 from genkit.paths import EDMPath
-from genkit.predictors import LearnedTimesteps, PredictorModel
-from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, read_schedule
+from genkit.predictors import PREDICTOR_SCHEDULE, LearnedTimesteps, PredictorModel
+from genkit.schedules.file import load_schedule, read_schedule
 from genkit.train.amed import AmedRunConfig, AmedSettings, AmedTrainer, start_states
 from samplers import amed_plugin, reference
 from samplers.errors import SamplerError

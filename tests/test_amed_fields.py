@@ -8,10 +8,10 @@ from launching import genkit
 from safetensors.torch import load_file
 from tiny_models import save_tiny_ddpm
 
-from genkit.checkpoint import save_pretrained
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.fields import FieldConfig, flow_run_id
+from genkit.files import save_pretrained
 from genkit.models import load_velocity_model
 from genkit.nets import UNetVelocity
 from genkit.predictors import load_predictor

@@ -12,7 +12,7 @@ from launching import genkit, genkit_on_two_ranks, launch_on_two_ranks
 
 from genkit.gaussian_mixture import GaussianMixtureField
 from genkit.metrics import FeatureStatistics
-from genkit.sampling import initial_noise
+from genkit.noise import initial_noise
 from samplers import reference, solve
 
 HERE = Path(__file__).resolve().parent

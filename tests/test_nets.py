@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from genkit.checkpoint import save_pretrained
 from genkit.errors import GenkitError
+from genkit.files import save_pretrained
 from genkit.models import load_velocity_model
 from genkit.nets import TimeMLP, UNetVelocity, build_velocity_net
 

@@ -124,7 +124,7 @@ def test_a_killed_generation_resumes_at_its_missing_shard(clean, accelerator, tm
     # Killed while writing shard 2, before the manifest: only a half-written temporary of it remains.
     (folder / SHARDS[2]).unlink()
     (folder / "pairs.json").unlink()
-    (folder / f".{SHARDS[2]}.tmp").write_bytes(b"half a shard")
+    (folder / f".{SHARDS[2]}.partial").write_bytes(b"half a shard")
     kept = {name: (folder / name).stat().st_mtime_ns for name in SHARDS if name != SHARDS[2]}
 
     assert generate(folder, accelerator) == [folder / name for name in SHARDS]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from genkit.config import load_config
 from genkit.fields import load_flow_run
-from genkit.saved_schedules import read_schedule, solve_on_timesteps
+from genkit.schedules.file import read_schedule
 from genkit.train import flow
 
 TRAIN = {"steps": 2, "batch_size": 8, "tracker": "none", "log_every": 2, "eval_every": 100, "ema_decay": 0.0}
@@ -111,8 +111,10 @@ def test_a_saved_schedule_samples_on_its_timesteps_and_another_fields_is_refused
     stem = f"euler_nfe3_{saved.name}_seed0"
     drawn = load_file(runs / "runs" / "digits" / "samples" / f"{stem}.safetensors")["samples"]
     field = load_flow_run(runs / "runs" / "digits", torch.device("cpu"))
-    noise = torch.stack([torch.randn(field.shape, generator=torch.Generator().manual_seed(i)) for i in range(5)])
-    torch.testing.assert_close(drawn, solve_on_timesteps(field, noise, "euler", saved.timesteps), rtol=0, atol=1e-5)
+    # Sample i starts from the generator seeded by SeedSequence([seed, i]) (genkit/noise.py), here seed 0.
+    seeds = [int(np.random.SeedSequence([0, i]).generate_state(1, np.uint64)[0]) for i in range(5)]
+    noise = torch.stack([torch.randn(field.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    torch.testing.assert_close(drawn, field.solve(noise, "euler", None, saved), rtol=0, atol=1e-5)
     wrong_nfe = genkit(runs, "sample", "runs/digits", "--schedule", "gits.json", "--nfe", "4", "--num", "2")
     assert wrong_nfe.returncode == 2 and "gives euler 3 evaluations, not --nfe 4" in wrong_nfe.stderr
     other = genkit(runs, "sample", "runs/points", "--schedule", "gits.json", "--num", "2")

@@ -14,10 +14,11 @@ from tiny_models import save_tiny_ddpm
 
 from genkit.fields import FieldConfig
 from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.learned_schedules import learn_schedule
-from genkit.saved_schedules import load_schedule, save_schedule, search_schedule, solve_on_timesteps
+from genkit.schedules.file import load_schedule, save_schedule
+from genkit.schedules.gits import search_schedule
+from genkit.schedules.ld3 import learn_schedule
 from samplers import AMEDPredictor, amed_plugin, euler, karras
-from samplers.learned import initial_logits, learn_timesteps, monotone_timesteps
+from samplers.ld3 import initial_logits, learn_timesteps, monotone_timesteps
 
 S, SIGMA_MAX, SIGMA_MIN = 0.5, 80.0, 0.002
 RATIO = math.sqrt(S**2 + SIGMA_MIN**2) / math.sqrt(S**2 + SIGMA_MAX**2)  # x(sigma_min) / x(sigma_max)
@@ -116,7 +117,7 @@ def test_a_learned_schedule_beats_its_start_and_round_trips(tmp_path, solver, sc
     save_schedule(learned, tmp_path / "ld3.json")
     loaded = load_schedule(tmp_path / "ld3.json", field)
     assert torch.equal(loaded.timesteps, timesteps) and loaded.settings == settings and loaded.solver == solver
-    solve_on_timesteps(field, torch.zeros(2, 8), solver, loaded.timesteps)
+    field.solve(torch.zeros(2, 8), solver, None, loaded)
 
 
 def test_a_learned_schedule_can_start_from_a_gits_search():

@@ -16,17 +16,13 @@ from tiny_models import save_tiny_ddpm
 
 from genkit.errors import GenkitError
 from genkit.fields import FieldConfig
-from genkit.sampling import initial_noise
-from genkit.saved_schedules import (
-    PREDICTOR_SCHEDULE,
-    SavedSchedule,
-    load_schedule,
-    save_schedule,
-    search_schedule,
-    solve_on_timesteps,
-)
+from genkit.noise import initial_noise
+from genkit.predictors import PREDICTOR_SCHEDULE
+from genkit.schedules.file import SavedSchedule, load_schedule, save_schedule
+from genkit.schedules.gits import search_schedule
 from samplers import CountingField, euler, reference
-from samplers.search import local_errors, optimal_path, teacher_trajectory
+from samplers.gits import local_errors, optimal_path
+from samplers.teacher import teacher_trajectory
 
 # The mixture of tests/test_compare.py: small enough for an accurate reference in a fraction of a second.
 MIXTURE = {"kind": "mixture", "components": 4, "shape": [8], "seed": 1}
@@ -91,8 +87,7 @@ def test_a_saved_schedule_round_trips_bit_equal_and_is_refused_for_another_field
     rectified = SavedSchedule(field.field_id, "rectified", torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
     save_schedule(rectified, tmp_path / "rectified.json")
     with pytest.raises(GenkitError, match="dpmpp_2m works in sigma space"):
-        timesteps = load_schedule(tmp_path / "rectified.json", field).timesteps
-        solve_on_timesteps(field, torch.zeros(2, 8), "dpmpp_2m", timesteps)
+        field.solve(torch.zeros(2, 8), "dpmpp_2m", None, load_schedule(tmp_path / "rectified.json", field))
 
 
 @pytest.mark.parametrize("nfe", [4, 5])
@@ -102,7 +97,7 @@ def test_a_searched_euler_schedule_beats_karras_on_a_mixture(nfe):
     found = search_schedule(field, "euler", nfe, grid_points=32, num_samples=128)
     z = torch.randn(128, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     target = reference(field.edm, 80 * z, 80.0, 0.002, rtol=1e-8, atol=1e-8)
-    searched = (solve_on_timesteps(field, z, "euler", found.timesteps) - target).pow(2).mean().sqrt()
+    searched = (field.solve(z, "euler", None, found) - target).pow(2).mean().sqrt()
     karras = (field.solve(z, "euler", nfe, "karras") - target).pow(2).mean().sqrt()
     # Measured: 0.101 against 0.171 at NFE 4, 0.081 against 0.134 at NFE 5 (1.69x and 1.65x).
     assert searched < karras / 1.3, (searched, karras)
@@ -140,7 +135,7 @@ def test_compare_and_amed_distillation_take_a_saved_schedule(tmp_path):
     ]
     z = initial_noise(list(range(24)), (8,), 2).double()
     target = reference(field.edm, 80 * z, 80.0, 0.002, rtol=1e-9, atol=1e-9)
-    out = solve_on_timesteps(field, z, "euler", found.timesteps)
+    out = field.solve(z, "euler", None, found)
     assert rows[2]["rmse"] == pytest.approx((out - target).pow(2).mean().sqrt().item(), rel=1e-6)
 
     other = {**samplers, "field": {**MIXTURE, "seed": 2}, "predictors": []}

@@ -16,14 +16,15 @@ from accelerate import Accelerator
 
 from genkit.compare.output import Shared, log_grid
 from genkit.compare.scoring import SampleScorer
-from genkit.compare.training import RunSpec, trained
-from genkit.config import check_choice, load_config, ranged
+from genkit.compare.training import RunSpec, train_or_reuse
+from genkit.config import check_choice, ranged
 from genkit.data import DataConfig, data_shape
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, load_extractor
 from genkit.models import load_gan
-from genkit.runs import run_data, training_seconds
-from genkit.sampling import initial_noise, refine
+from genkit.noise import initial_noise
+from genkit.runs import Run
+from genkit.sampling import refine
 from genkit.toys import TOYS
 from genkit.tracking import RunLog
 
@@ -54,13 +55,13 @@ class GanComparison:
 
     def __init__(self, section: GanRuns, shared: Shared, accelerator: Accelerator, run_dir: Path):
         self.section, self.shared = section, shared
-        self.runs = [Path(run) for run in section.runs] + [
-            trained(spec, shared.run_overrides) for spec in section.train
+        self.runs = [Run(run) for run in section.runs] + [
+            train_or_reuse(spec, shared.run_overrides) for spec in section.train
         ]
         for run in self.runs:
-            if not (run / "model" / "generator").is_dir():
-                raise GenkitError(f"{run} is not a finished GAN run (no model/generator); train it first")
-        data = section.reference_data or run_data(self.runs[0])
+            if not (run.model / "generator").is_dir():
+                raise GenkitError(f"{run.folder} is not a finished GAN run (no model/generator); train it first")
+        data = section.reference_data or self.runs[0].data
         self.images = data.source not in TOYS
         extractor = load_extractor(section.extractor, section.extractor_path) if self.images else None
         metrics = ["fd"] if self.images else ["sw", "ed"] + (["modes", "near"] if data.source == "8gaussians" else [])
@@ -69,7 +70,7 @@ class GanComparison:
 
     def baseline_rows(self, noise: torch.Tensor) -> list[dict]:
         """The floor (train data against val data) and the untrained generator of the first run's config."""
-        config = load_config(self.runs[0] / "config.yaml")
+        config = self.runs[0].config
         torch.manual_seed(config.train.seed)  # as the loop seeds torch before the trainer builds its models
         generator, _ = config.model.build(data_shape(config.data))
         with torch.no_grad():
@@ -85,14 +86,14 @@ class GanComparison:
         protocol = {"num_samples": shared.num_samples, "seed": shared.seed, **self.scorer.protocol()}
         rows = []
         for run in self.runs:
-            gan = load_gan(run / "model")
+            gan = load_gan(run.model)
             noise = initial_noise(list(range(shared.num_samples)), (gan.generator.config.latent_dim,), shared.seed)
             if section.baselines and not rows:
                 rows += self.baseline_rows(noise)
             with torch.no_grad():
                 samples = gan.generator(noise)
             method = gan.potential.method + (f"({gan.potential.h})" if gan.potential.method == "monoflow" else "")
-            run_row = {"method": method, "run": run.name, "train_seconds": training_seconds(run)}
+            run_row = {"method": method, "run": run.name, "train_seconds": run.training_seconds}
             rows.append(run_row | self.scorer.score(samples))
             for size in section.refine_sizes:
                 refined = refine(gan.critic_field(), samples, section.refine_steps, size).detach()

@@ -5,7 +5,7 @@ from generator seed (seed, i), as `genkit sample`) and ends in data space. Metri
 against scipy's accurate solve from the same noise in the same time convention; distances of the samples to the
 val data (`fd` for images, `sw`, `ed`, `modes`, `near` for points: genkit.compare.scoring); the NFE (counted) and
 the median wall time always. A schedule entry is a schedule's name, `default` (each solver's usual one), or the
-path of a saved schedule (genkit.saved_schedules, made for this field): the file defines its cells, one for the
+path of a saved schedule (genkit.schedules.file, made for this field): the file defines its cells, one for the
 solver it was made for (each listed solver when it names none) at the NFE its timesteps give, whatever `nfe`
 lists; its name fills the schedule column. Predictors are given (`predictors`, distilled for this field) or
 distilled here (`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve itself as a
@@ -26,23 +26,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import samplers
 from genkit.compare.output import Shared, log_grid
 from genkit.compare.scoring import DISTANCES, SampleScorer
-from genkit.compare.training import RunSpec, trained
+from genkit.compare.training import RunSpec, train_or_reuse
 from genkit.config import check_choice, ranged
 from genkit.data import DataConfig
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, load_extractor
 from genkit.fields import Field, FieldConfig
 from genkit.metrics import straightness
-from genkit.paths import ProbabilityPath, RectifiedPath
-from genkit.predictors import load_predictor
-from genkit.runs import RUN_CONFIG, read_run_config, run_data
-from genkit.sampling import initial_noise
-from genkit.saved_schedules import PREDICTOR_SCHEDULE, load_schedule, solve_on_timesteps, timesteps_form
+from genkit.noise import initial_noise
+from genkit.paths import RectifiedPath
+from genkit.predictors import load_distilled
+from genkit.progress import progress
+from genkit.runs import Run
+from genkit.schedules.file import SavedSchedule, load_schedule
 from genkit.tracking import RunLog
 from genkit.velocity import VelocityModel
 
@@ -126,26 +126,29 @@ class SamplerGrid:
 
 def distilled_loss(predictor: Path) -> str | None:
     """The loss (amed.loss) the predictor in model folder `predictor` was distilled with, if its run folder says."""
-    run = predictor.parent
-    return read_run_config(run).get("amed", {}).get("loss", "greedy") if (run / RUN_CONFIG).is_file() else None
+    run = Run(predictor.parent)
+    return run.resolved().get("amed", {}).get("loss", "greedy") if run.config_file.is_file() else None
 
 
 @dataclass
 class Cell:
-    """One setting of the grid: a solver at an NFE on a schedule (with its options), or on a saved schedule's times."""
+    """One setting of the grid: a solver at an NFE on a schedule's name or a saved schedule (with its options)."""
 
     method: str
     solver: str
     nfe: int
-    schedule: str  # a schedule's name, or a saved schedule's name
+    schedule: str | SavedSchedule
     options: dict
-    timesteps: Tensor | None = None  # a saved schedule's: the solver runs on exactly these
+
+    @property
+    def schedule_name(self) -> str:
+        return self.schedule.name if isinstance(self.schedule, SavedSchedule) else self.schedule
 
 
 class EvaluationBar:
     """A velocity that moves a progress bar by one at each evaluation: an adaptive solve's count is not known ahead."""
 
-    def __init__(self, velocity: VelocityModel, bar: tqdm):
+    def __init__(self, velocity: VelocityModel, bar):
         self.velocity, self.bar = velocity, bar
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -161,7 +164,8 @@ class SamplerComparison:
     def __init__(self, grid: SamplerGrid, shared: Shared, accelerator: Accelerator, run_dir: Path):
         self.grid, self.shared, self.accelerator = grid, shared, accelerator
         if grid.train_field is not None:
-            grid.field = FieldConfig(kind="flow_run", path=str(trained(grid.train_field, shared.run_overrides)))
+            run = train_or_reuse(grid.train_field, shared.run_overrides)
+            grid.field = FieldConfig(kind="flow_run", path=str(run.folder))
         runs = [Path(grid.field.path) / stage for stage in grid.stages]
         configs = [FieldConfig(kind="flow_run", path=str(run)) for run in runs] or [grid.field]
         self.fields = {
@@ -180,7 +184,7 @@ class SamplerComparison:
         self.cells = self.grid_cells(next(iter(self.fields.values())), run_dir / "predictors")
         for field in self.fields.values():
             for cell in self.cells:
-                self.form(field, cell)  # a schedule or solver that does not fit fails here
+                field.form(cell.schedule, cell.solver)  # a schedule or solver that does not fit fails here
         self.plotted = [metric for metric in grid.metrics if metric not in ("modes", "near")]
         flows = any(isinstance(path, RectifiedPath) for field in self.fields.values() for _, path in field.forms)
         straight = ["straightness"] if grid.reference_row and flows else []
@@ -196,14 +200,7 @@ class SamplerComparison:
         """The data set samples are compared with when reference_data is unset: a flow run's own data config."""
         if self.grid.field.kind != "flow_run":
             raise GenkitError("distance metrics on this field need samplers.reference_data, the data to compare with")
-        return run_data(Path(self.grid.field.path) / (self.grid.stages[0] if self.grid.stages else ""))
-
-    @staticmethod
-    def form(field: Field, cell: Cell) -> tuple[VelocityModel, ProbabilityPath]:
-        """The velocity and path `cell` solves in: its schedule's, or the one its saved timesteps are times of."""
-        if cell.timesteps is not None:
-            return timesteps_form(field, cell.timesteps, cell.solver)
-        return field.form(cell.schedule, cell.solver)
+        return Run(Path(self.grid.field.path) / (self.grid.stages[0] if self.grid.stages else "")).data
 
     def grid_cells(self, field: Field, predictor_folder: Path) -> list[Cell]:
         """Baselines x schedules x NFE (a saved schedule: its own cells), then one cell per predictor."""
@@ -216,26 +213,20 @@ class SamplerComparison:
         for schedule in grid.schedule_files:
             saved = load_schedule(Path(schedule), field)
             for solver in [saved.solver] if saved.solver else grid.solvers:
-                cells.append(Cell(solver, solver, saved.nfe(solver), saved.name, {}, saved.timesteps))
+                cells.append(Cell(solver, solver, saved.nfe(solver), saved, {}))
         paths = [Path(path) for path in grid.predictors]
         for distill in grid.distill:
             paths += [
-                trained(spec, self.shared.run_overrides) / "model"
+                train_or_reuse(spec, self.shared.run_overrides).model
                 for spec in distill.specs(grid.field, predictor_folder)
             ]
         for path in paths:
-            predictor = load_predictor(path, field.field_id).to(self.accelerator.device)
-            settings = predictor.tied_settings
+            distilled = load_distilled(path, field, self.accelerator.device)
+            settings = distilled.settings
             method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
             method += "[bottleneck]" if settings.features == "bottleneck" else ""
             method += "[end_to_end]" if distilled_loss(path) == "end_to_end" else ""
-            options = settings.solver_options(predictor)
-            if (path / PREDICTOR_SCHEDULE).is_file():  # distilled on a saved schedule (amed.schedule_file)
-                saved = load_schedule(path / PREDICTOR_SCHEDULE, field)
-                nfe = saved.nfe(settings.solver, afs=settings.afs)
-                cells.append(Cell(method, settings.solver, nfe, saved.name, options, saved.timesteps))
-            else:
-                cells.append(Cell(method, settings.solver, settings.nfe, settings.schedule, options))
+            cells.append(Cell(method, settings.solver, distilled.nfe, distilled.schedule, distilled.solver_options))
         return cells
 
     def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
@@ -245,10 +236,7 @@ class SamplerComparison:
             start = time.perf_counter()
             try:
                 with torch.no_grad():
-                    if cell.timesteps is None:
-                        out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
-                    else:
-                        out = solve_on_timesteps(field, z, cell.solver, cell.timesteps, cell.options)
+                    out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
             except samplers.SamplerError:
                 return None, 0.0
             seconds.append(time.perf_counter() - start)
@@ -259,7 +247,7 @@ class SamplerComparison:
         grid = self.grid
         desc = f"reference {grid.reference_method} rtol=atol={grid.reference_tolerance:g}"
         quiet = not self.accelerator.is_main_process
-        with tqdm(desc=desc, unit="eval", leave=False, delay=REFERENCE_BAR_DELAY, disable=quiet) as bar:
+        with progress(desc=desc, unit="eval", leave=False, delay=REFERENCE_BAR_DELAY, disable=quiet) as bar:
             forms = [(EvaluationBar(velocity, bar), path) for velocity, path in field.forms]
             return dataclasses.replace(field, forms=forms).reference(
                 z, schedule, grid.reference_tolerance, grid.reference_method
@@ -292,17 +280,17 @@ class SamplerComparison:
         for cell in self.cells:
             out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
             reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
-            row = {"field": name, "method": cell.method, "solver": cell.solver, "schedule": cell.schedule}
+            row = {"field": name, "method": cell.method, "solver": cell.solver, "schedule": cell.schedule_name}
             row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds}
             if reachable:
                 row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
                 if "rmse" in grid.metrics:
-                    row["rmse"] = self.rmse(out, reference(self.form(field, cell)[1].schedules[0])[0])
+                    row["rmse"] = self.rmse(out, reference(field.form(cell.schedule, cell.solver)[1].schedules[0])[0])
                 row |= self.scorer.score(out) if self.scorer is not None else {}
                 if "fd" in row:
-                    row["excess_fd"] = excess_fd(self.form(field, cell)[1].schedules[0], row["fd"])
+                    row["excess_fd"] = excess_fd(field.form(cell.schedule, cell.solver)[1].schedules[0], row["fd"])
                 if len(out):
-                    grid_name = f"{name}{cell.method}_{cell.schedule}_nfe{cell.nfe}"
+                    grid_name = f"{name}{cell.method}_{cell.schedule_name}_nfe{cell.nfe}"
                     log_grid(log, run_dir, grid_name, out[: self.shared.grid_samples])
             rows.append(row)
         if grid.reference_row:

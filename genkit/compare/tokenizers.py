@@ -15,17 +15,17 @@ from accelerate import Accelerator
 from torch.utils.data import Subset
 from torchvision.utils import save_image
 
-from genkit.checkpoint import write_json
 from genkit.compare.output import Shared, format_table, log_grid
-from genkit.compare.training import RunSpec, trained
-from genkit.config import check_choice, load_config
+from genkit.compare.training import RunSpec, train_or_reuse
+from genkit.config import check_choice
 from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.features import EXTRACTORS, Extractor, load_extractor
+from genkit.files import write_json
 from genkit.models import load_tokenizer
 from genkit.perceptual import LPIPS, LPIPS_BACKBONES
 from genkit.processes import process_state
-from genkit.runs import read_run_config, run_data, training_seconds
+from genkit.runs import Run
 from genkit.tokenizer_eval import BATCH_SIZE, GRID_IMAGES, evaluate_tokenizer
 from genkit.tracking import RunLog, image_grid
 from genkit.train.tokenizer import build_tokenizer
@@ -65,13 +65,13 @@ class TokenizerComparison:
 
     def __init__(self, section: TokenizerRuns, shared: Shared, accelerator: Accelerator, run_dir: Path):
         self.shared, self.accelerator = shared, accelerator
-        self.runs = [Path(run) for run in section.runs] + [
-            trained(spec, shared.run_overrides) for spec in section.train
+        self.runs = [Run(run) for run in section.runs] + [
+            train_or_reuse(spec, shared.run_overrides) for spec in section.train
         ]
         for run in self.runs:
-            if not (run / "model").is_dir():
-                raise GenkitError(f"{run} is not a finished tokenizer run (no model/); train it first")
-        self.data = section.reference_data or run_data(self.runs[0])
+            if not run.finished:
+                raise GenkitError(f"{run.folder} is not a finished tokenizer run (no model/); train it first")
+        self.data = section.reference_data or self.runs[0].data
         self.images = validation_samples(self.data, shared.num_samples)
         with accelerator.main_process_first():  # the digits extractor is trained and cached on first use
             self.extractor = load_extractor(section.extractor, section.extractor_path)
@@ -81,17 +81,18 @@ class TokenizerComparison:
         protocol = {"images": f"{len(self.images)} val images of {self.data.source} at {self.data.image_size}px"}
         rows = []
         for run in self.runs:
-            tokenizer = load_tokenizer(run / "model").to(self.accelerator.device)
+            tokenizer = load_tokenizer(run.model).to(self.accelerator.device)
             if tokenizer.config.in_channels != self.images.shape[1]:
-                raise GenkitError(f"{run} encodes {tokenizer.config.in_channels}-channel images, not these images")
+                channels = tokenizer.config.in_channels
+                raise GenkitError(f"{run.folder} encodes {channels}-channel images, not these images")
             count = self.shared.grid_samples
             metrics, evaluation, reconstruction = evaluate_tokenizer(
                 tokenizer, self.images, self.extractor, self.lpips, BATCH_SIZE, self.accelerator, count
             )
             protocol |= evaluation
-            method = read_run_config(run)["model"]["quantizer"]["kind"]
+            method = run.config.model.quantizer.kind
             row = {"method": method, "run": run.name, "codebook_size": tokenizer.codebook_size}
-            rows.append(row | {"train_seconds": training_seconds(run)} | metrics)
+            rows.append(row | {"train_seconds": run.training_seconds} | metrics)
             log_grid(log, run_dir, f"{run.name}_reconstruction", torch.cat([self.images[:count], reconstruction]))
         return rows, protocol
 
@@ -124,9 +125,10 @@ def evaluate_run(
 ) -> str:
     """Trained vs untrained tokenizer of a run on its validation images (all, or the first `count`) as a printed
     table with its protocol; also eval.json and a grid of reconstructions (written by the main process)."""
-    config = load_config(folder / "config.yaml")
-    if config.task != "tokenizer":
+    run = Run(folder)
+    if run.kind != "tokenizer":
         raise GenkitError(f"{folder} is not a tokenizer run")
+    config = run.config
     state = process_state()
     images = build_dataset(config.data, "val")
     if count is not None:
@@ -138,7 +140,7 @@ def evaluate_run(
     torch.manual_seed(config.train.seed)
     tokenizers = {
         "untrained": build_tokenizer(config.model, channels).eval(),
-        "trained": load_tokenizer(folder / "model"),
+        "trained": load_tokenizer(run.model),
     }
     rows = {}
     for name, tokenizer in tokenizers.items():

@@ -1,11 +1,10 @@
 """Runs a comparison trains for itself: a config file and overrides, trained unless a finished run matches it."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from genkit.config import config_dict, load_config
 from genkit.errors import GenkitError
-from genkit.runs import MODEL, RUN_CONFIG, finished, read_run_config
+from genkit.runs import Run
 from genkit.train import train
 
 
@@ -21,22 +20,22 @@ class RunSpec:
             raise GenkitError("a run to train needs config: the path of its YAML file")
 
 
-def trained(spec: RunSpec, extra: list[str] = ()) -> Path:
-    """The run folder of `spec` (with `extra` overrides), trained or resumed now unless it already holds its model.
+def train_or_reuse(spec: RunSpec, extra: list[str] = ()) -> Run:
+    """The run of `spec` (with `extra` overrides), trained or resumed now unless it already holds its model.
 
     A finished run whose config.yaml equals the resolved config is reused as it is; an unfinished one with the same
     config resumes from its last checkpoint; a folder trained with other settings is an error, never overwritten.
     """
     config = load_config(spec.config, [*spec.overrides, *extra, "train.resume=latest"]).resolved()
-    run = config.run_dir
+    run = Run(config.run_dir)
     if config.task == "reflow":  # a pipeline skips its finished stages and resumes an unfinished one by itself
         train(config)
         return run
     wanted = config_dict(config)
-    if not finished(run, wanted):
-        if (run / MODEL).is_dir() or ((run / RUN_CONFIG).is_file() and read_run_config(run) != wanted):
+    if not run.finished_with(wanted):
+        if run.finished or (run.config_file.is_file() and run.resolved() != wanted):
             raise GenkitError(
-                f"{run} holds a run trained with other settings than {spec.config} {' '.join(spec.overrides)}; "
+                f"{run.folder} holds a run trained with other settings than {spec.config} {' '.join(spec.overrides)}; "
                 "delete that folder to retrain it, or give this run another name=..."
             )
         train(config)

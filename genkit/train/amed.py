@@ -12,7 +12,7 @@ With `amed.loss: end_to_end` the student solves all N - 1 intervals on its own s
 error at the last time only, backpropagated through the whole trajectory: one optimizer step a batch, and a predictor
 that may trade one interval's error for the next one's (docs/amed.md §6.5). With one interval the two losses are the
 same. `amed.learn_timesteps` learns the student's N timesteps with it, in LD3's monotone parameterisation
-(samplers/learned.py) on their own Adam at `amed.timestep_lr`; they are saved with the predictor as its schedule
+(samplers/ld3.py) on their own Adam at `amed.timestep_lr`; they are saved with the predictor as its schedule
 (schedule.json).
 
 With `amed.schedule_file` (a saved sigma schedule for this field, e.g. from `genkit schedule search`) the student's
@@ -26,7 +26,6 @@ mean and variance (docs/amed.md §3.4) instead of the zero-mean one; the statist
 """
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,19 +33,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from genkit.checkpoint import replace_folder
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import build_dataset
 from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
+from genkit.files import atomic
 from genkit.gaussian_mixture import GaussianMixtureField
-from genkit.predictors import LearnedTimesteps, PredictorModel, PredictorSettings
-from genkit.runs import model_folder, run_data
-from genkit.saved_schedules import PREDICTOR_SCHEDULE, SavedSchedule, load_schedule, read_schedule, save_schedule
+from genkit.paths import nested_timesteps
+from genkit.predictors import PREDICTOR_SCHEDULE, LearnedTimesteps, PredictorModel, PredictorSettings
+from genkit.runs import Run
+from genkit.schedules.file import SavedSchedule, load_schedule, read_schedule, save_schedule
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from samplers import BASELINES, SOLVERS, amed, dpm_solver_2
 from samplers.amed import amed_plugin_step
+from samplers.teacher import teacher_trajectory
 
 VALIDATION_SAMPLES = 64
 AFS_FROM = ("zero_mean", "data")
@@ -138,7 +139,7 @@ def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
         variance = (weights * (mixture.variances + mixture.means**2)).sum(0) - mean**2
         return mean.reshape(mixture.shape), variance.reshape(mixture.shape)
     if config.kind == "flow_run":
-        dataset = build_dataset(run_data(model_folder(Path(config.path))), "train")
+        dataset = build_dataset(Run(config.path).last_stage.data, "train")
         data = torch.stack([dataset[i] for i in range(min(len(dataset), STATISTICS_SAMPLES))]).to(torch.float64)
         return data.mean(0), data.var(0, correction=0)
     raise GenkitError(
@@ -147,30 +148,15 @@ def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
     )
 
 
-def refined(timesteps: Tensor, refinement: int) -> Tensor:
-    """`refinement` more times inside each interval, geometric in sigma (as AMED's s_n, docs/amed.md §3.1): nested."""
-    fraction = torch.arange(refinement + 1, dtype=torch.float64) / (refinement + 1)
-    inner = timesteps[:-1, None] ** (1 - fraction) * timesteps[1:, None] ** fraction
-    return torch.cat([inner.flatten(), timesteps[-1:]])
-
-
 def start_states(field: Field, count: int, seed: int) -> Tensor:
     """`count` EDM start states sigma_max z of the field, z ~ N(0, I) drawn in float64 from one seeded generator."""
     z = torch.randn((count, *field.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return field.edm_path.start(z).to(field.dtype)
 
 
-def teacher_states(field: Field, x: Tensor, settings: AmedSettings, timesteps: Tensor) -> list[Tensor]:
+def teacher_states(field: Field, x: Tensor, settings: AmedSettings, timesteps: Tensor) -> Tensor:
     """The teacher's state at every student time: one solve on the nested `timesteps`, without AFS or predictor."""
-    stride = settings.teacher_steps + 1
-    states = []
-
-    def keep(info: dict) -> None:
-        if info["i"] % stride == 0:
-            states.append(info["x"])
-
-    final = SOLVERS[settings.teacher].function(field.edm, x, timesteps, callback=keep)
-    return [*states, final]
+    return teacher_trajectory(field.edm, x, timesteps, settings.teacher_steps + 1, settings.teacher)[0]
 
 
 @dataclass
@@ -209,14 +195,16 @@ class AmedTrainer:
         self.saved_schedule = saved_student_schedule(self.settings, field)
         if self.saved_schedule is None:
             self.timesteps = self.settings.timesteps(field.edm_path)
-            self.teacher_timesteps = self.settings.timesteps(field.edm_path, self.settings.teacher_steps)
+            self.teacher_timesteps = nested_timesteps(
+                field.edm_path, self.settings.schedule, self.settings.teacher_steps, self.settings.num_steps
+            )
         else:
             self.timesteps = self.saved_schedule.timesteps
-            self.teacher_timesteps = refined(self.timesteps, self.settings.teacher_steps)
+            self.teacher_timesteps = nested_timesteps(field.edm_path, self.timesteps, self.settings.teacher_steps)
         if self.settings.learn_timesteps:
             learned = LearnedTimesteps(self.timesteps.tolist())
             self.models["timesteps"] = learned
-            # LD3's optimizer for the logits (samplers/learned.py): Adam without weight decay at its own step size.
+            # LD3's optimizer for the logits (samplers/ld3.py): Adam without weight decay at its own step size.
             self.optimizers["timesteps"] = torch.optim.Adam(learned.parameters(), lr=self.settings.timestep_lr)
         # Noise no training batch draws: the seed is past the training stream's.
         self.validation_noise = start_states(field, VALIDATION_SAMPLES, config.train.seed + 1).to(device)
@@ -310,13 +298,11 @@ class AmedTrainer:
     def export(self, context: StepContext, folder: Path) -> None:
         """The predictor's folder (and the schedule it runs on, if not the named one), written completely or not at
         all."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        context.unwrap("predictor").save_pretrained(temporary)
-        schedule = self.student_schedule(context)
-        if schedule is not None:
-            save_schedule(schedule, temporary / PREDICTOR_SCHEDULE)
-        replace_folder(temporary, folder)
+        with atomic(folder) as temporary:
+            context.unwrap("predictor").save_pretrained(temporary)
+            schedule = self.student_schedule(context)
+            if schedule is not None:
+                save_schedule(schedule, temporary / PREDICTOR_SCHEDULE)
 
 
 def train(config: AmedRunConfig) -> dict[str, float]:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit.checkpoint import save_pretrained
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
 from genkit.errors import GenkitError
+from genkit.files import save_pretrained
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.models import load_velocity_model
 from genkit.nets import VELOCITY_NETS, build_velocity_net

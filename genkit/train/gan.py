@@ -26,6 +26,7 @@ from genkit.errors import GenkitError
 from genkit.metrics import energy_distance, sliced_wasserstein
 from genkit.models import save_gan
 from genkit.nets.gan import CRITICS, GENERATORS, MONOTONE, CriticPotential
+from genkit.noise import generator as seeded
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from tokenizers_img.precision import at_least_float32
@@ -187,7 +188,7 @@ class GanTrainer:
     def draws(self, context: StepContext, local: int) -> tuple[Tensor, Tensor, Tensor]:
         """This process's slice of (critic z, penalty t, generator z) for the global micro-batch at the position."""
         world, rank = context.num_processes, context.process_index
-        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + context.position)
+        generator = seeded(self.config.train.seed, context.position)
         total, latent = local * world, self.config.model.latent_dim
         draws = (
             torch.randn(total, latent, generator=generator),

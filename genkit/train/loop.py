@@ -29,11 +29,12 @@ from accelerate.utils import find_batch_size, recursively_apply, send_to_device,
 from diffusers.optimization import get_scheduler
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from genkit.checkpoint import write_json, write_text
 from genkit.config import flat_config
 from genkit.errors import GenkitError, TrainingStopped
+from genkit.files import write_json, write_text
+from genkit.progress import progress
+from genkit.runs import Run
 from genkit.tracking import RunLog
 from genkit.train.config import LR_SCHEDULES, TrainConfig
 from genkit.train.state import Averaged, Checkpoints
@@ -136,7 +137,7 @@ class Loop:
         self.stop_requested = 0  # the number of the signal that asked to stop; 0 while none did
         if self.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+            write_text(Run(run_dir).config_file, yaml.safe_dump(run_config, sort_keys=False))
         set_seed(config.seed)
 
     @property
@@ -281,7 +282,7 @@ class Loop:
         batches = self._start(dataset, step)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         metrics: dict[str, float] = {}
-        progress = tqdm(
+        bar = progress(
             total=config.steps, initial=step, disable=not self.accelerator.is_main_process, desc=self.run_dir.name
         )
         try:
@@ -289,7 +290,7 @@ class Loop:
             while step < config.steps:
                 losses, seen = self._train_step(step, batches)
                 step, images = step + 1, images + seen
-                progress.update(1)
+                bar.update(1)
                 non_finite, stop = self._flags(losses)
                 if non_finite:
                     values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -303,7 +304,7 @@ class Loop:
                     lrs = {f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()}
                     throughput = images / (time.perf_counter() - started)
                     self.log.log({**means, **lrs, "images_per_second": throughput}, step)
-                    progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
                 if step % config.eval_every == 0 or step == config.steps:
                     metrics = self.evaluate(step)
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
@@ -320,7 +321,7 @@ class Loop:
             if step == config.steps:
                 self.export()
         finally:
-            progress.close()
+            bar.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.log.finish()
@@ -337,5 +338,5 @@ class Loop:
         """The user-facing weights (EMA where kept) to run_dir/model."""
         if self.accelerator.is_main_process:
             with self.ema_weights():
-                self.trainer.export(self.context, self.run_dir / "model")
+                self.trainer.export(self.context, Run(self.run_dir).model)
         self.accelerator.wait_for_everyone()

@@ -12,21 +12,20 @@ Folder layout:
 
 import json
 import math
-import os
 from pathlib import Path
 
 import accelerate
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 import samplers
-from genkit.checkpoint import write_json
 from genkit.errors import GenkitError
+from genkit.files import atomic, write_json
+from genkit.noise import generator
+from genkit.progress import progress
 from samplers.field import Field
 
 # As the RectifiedFlow code generates its pairs: scipy RK45 at rtol = atol = 1e-5. Reflow needs an accurate
@@ -44,9 +43,7 @@ def shard_names(num_pairs: int, shard_size: int) -> list[str]:
 
 def _shard_noise(seed: int, index: int, count: int, shape: tuple[int, ...]) -> Tensor:
     """z ~ N(0, I) of shard `index`, [count, *shape] on the CPU: a function of (seed, index, count, shape) only."""
-    # SeedSequence hashes (seed, index) into one 64-bit seed; a linear seed * c + index would collide across seeds.
-    stream = int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
-    return torch.randn((count, *shape), generator=torch.Generator().manual_seed(stream))
+    return torch.randn((count, *shape), generator=generator(seed, index))
 
 
 def _solve(field: Field, z: Tensor, solver: str, nfe: int) -> Tensor:
@@ -109,9 +106,8 @@ def _check_shard(path: Path, settings: dict, index: int) -> None:
 
 def _write_shard(path: Path, z: Tensor, x: Tensor, metadata: dict[str, str]) -> None:
     """Write one shard atomically: a killed write leaves only the dot-prefixed temporary, which a rerun overwrites."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file({"z": z.contiguous(), "x": x.contiguous()}, temporary, metadata=metadata)
-    os.replace(temporary, path)
+    with atomic(path) as temporary:
+        save_file({"z": z.contiguous(), "x": x.contiguous()}, temporary, metadata=metadata)
 
 
 def check_solver(solver: str, nfe: int) -> None:
@@ -174,7 +170,7 @@ def generate_pairs(
     metadata = {key: str(value) for key, value in settings.items()}
     mine = [k for k in range(accelerator.process_index, len(names), accelerator.num_processes) if k not in done]
     with torch.no_grad():
-        for index in tqdm(mine, desc="pairs", unit="shard", disable=not accelerator.is_main_process):
+        for index in progress(mine, desc="pairs", unit="shard", disable=not accelerator.is_main_process):
             count = min(shard_size, num_pairs - index * shard_size)
             z = _shard_noise(seed, index, count, tuple(shape))
             x = torch.cat(

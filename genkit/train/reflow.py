@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from genkit.checkpoint import write_json
 from genkit.config import RunConfig, config_dict, flat_config, ranged, register_task
 from genkit.data import DataConfig, data_shape, validation_samples
 from genkit.errors import GenkitError
+from genkit.files import write_json
 from genkit.models import load_velocity_model
 from genkit.processes import process_state
+from genkit.runs import Run
 from genkit.train import flow
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow
@@ -96,17 +96,17 @@ def training_stage(config: ReflowRunConfig, stage: str, pairs: Path | None, init
     )
 
 
-def check_stage_settings(folder: Path, expected: FlowRunConfig) -> None:
+def check_stage_settings(stage: Run, expected: FlowRunConfig) -> None:
     """A stage already started must continue with the settings it started with, or be retrained on purpose."""
-    if not (folder / "config.yaml").exists():
+    if not stage.config_file.is_file():
         return
-    saved = flat_config(yaml.safe_load((folder / "config.yaml").read_text()))
+    saved = flat_config(stage.resolved())
     wanted = flat_config(config_dict(expected))
     changed = [key for key in wanted if key != "train.resume" and saved.get(key) != wanted[key]]
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)} -> {wanted[key]}" for key in changed[:3])
         raise GenkitError(
-            f"stage {folder} was started with other settings ({details}); delete that folder to retrain it, "
+            f"stage {stage.folder} was started with other settings ({details}); delete that folder to retrain it, "
             "or give the run another name=..."
         )
 
@@ -123,7 +123,7 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
             if not (folder / "pairs.json").exists():
                 settings = config.pairs
                 generate_pairs(
-                    load_velocity_model(model / "model").to(state.device),
+                    load_velocity_model(model.model).to(state.device),
                     shape,
                     folder,
                     settings.num_pairs,
@@ -137,12 +137,12 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
                 ran = True
             pairs = folder
         else:
-            stage_config = training_stage(config, stage, pairs, model / "model" if model else None)
-            check_stage_settings(folder, stage_config)
-            if not (folder / "model").exists():
+            stage_config = training_stage(config, stage, pairs, model.model if model else None)
+            model = Run(folder)
+            check_stage_settings(model, stage_config)
+            if not model.finished:
                 flow.train(stage_config)
                 ran = True
-            model = folder
     if not ran and (root / "summary.json").exists():
         return json.loads((root / "summary.json").read_text())["stages"]
     summary = summarize(config, root)
@@ -158,7 +158,7 @@ def summarize(config: ReflowRunConfig, root: Path) -> dict[str, dict[str, float]
     generator = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn((len(reference_data), *data_shape(config.data)), generator=generator)
     return {
-        stage: evaluate_flow(load_velocity_model(root / stage / "model"), noise, reference_data)
+        stage: evaluate_flow(load_velocity_model(Run(root / stage).model), noise, reference_data)
         for stage in stage_names(config)
         if not stage.startswith("pairs")
     }

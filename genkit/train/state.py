@@ -13,7 +13,6 @@ renames it into place and rotates old checkpoints, so a killed run never leaves 
 
 import contextlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from genkit.checkpoint import list_checkpoints, resolve_resume, rotate, save_pretrained, write_json
+from genkit.checkpoint import list_checkpoints, resolve_resume, rotate
 from genkit.errors import GenkitError
+from genkit.files import move_into_place, save_pretrained, write_json
 from genkit.models import load_model
 
 STATE = "state.json"
@@ -97,9 +97,7 @@ class Checkpoints:
             write_json(temporary / STATE, {"step": step, "ema_step": ema_step})
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            temporary.rename(final)
+            move_into_place(temporary, final)
             rotate(self.folder, self.keep_last)
         accelerator.wait_for_everyone()
         return final

@@ -5,6 +5,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from genkit.noise import generator
+
 
 class StreamSampler(Sampler[list[int]]):
     """This process's share of every micro-batch of an endless stream of seeded epoch permutations.
@@ -21,7 +23,7 @@ class StreamSampler(Sampler[list[int]]):
     def _stream(self, position: int) -> Iterator[int]:
         epoch, offset = divmod(position, self.size)
         while True:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            order = torch.randperm(self.size, generator=generator(self.seed, epoch))
             yield from order[offset:].tolist()
             epoch, offset = epoch + 1, 0
 

@@ -12,10 +12,10 @@ import torch
 from accelerate import PartialState
 from torch import Tensor
 
-from genkit.checkpoint import save_pretrained
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
+from genkit.files import save_pretrained
 from genkit.nets.discriminator import PatchDiscriminator, patch_grid_side
 from genkit.perceptual import LPIPS_BACKBONES, NETWORKS, load_perceptual
 from genkit.tokenizer_eval import BATCH_SIZE, evaluate_tokenizer

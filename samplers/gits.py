@@ -36,28 +36,6 @@ class KnownSlope:
 
 
 @torch.no_grad()
-def teacher_trajectory(
-    field: Field, x: Tensor, timesteps: Tensor, stride: int, teacher: str = "heun"
-) -> tuple[Tensor, Tensor]:
-    """The teacher's states [K, *x.shape] and slopes at every `stride`-th of `timesteps` (K = the grid's length).
-
-    `timesteps` refines the search grid by stride - 1 points inside each of its intervals (nested, as AMED's teacher
-    grid, docs/amed.md §6.1); the slope at the last grid time is not needed and left zero.
-    """
-    if (len(timesteps) - 1) % stride:
-        raise ValueError(f"{len(timesteps)} teacher times do not nest a grid with stride {stride}")
-    states, slopes = [], []
-
-    def keep(info: dict) -> None:
-        if info["i"] % stride == 0:
-            states.append(info["x"])
-            slopes.append(info["velocity"])
-
-    final = solver_spec(teacher).function(field, x, timesteps, callback=keep)
-    return torch.stack([*states, final]), torch.stack([*slopes, torch.zeros_like(final)])
-
-
-@torch.no_grad()
 def local_errors(field: Field, solver: str, grid: Tensor, states: Tensor, slopes: Tensor) -> Tensor:
     """C[i, j]: batch mean of ||one `solver` step from states[i], grid[i] -> grid[j] - states[j]||^2; inf for j <= i.
 

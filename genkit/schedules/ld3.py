@@ -1,8 +1,8 @@
-"""LD3-style learned schedules on a Field (samplers/learned.py; docs/samplers.md §8.3), saved as a SavedSchedule.
+"""LD3 on a Field (samplers/ld3.py; docs/samplers.md §8.3): a solver's timesteps fitted to a teacher, saved as a file.
 
-A Heun teacher with many steps solves a few hundred noise draws; the base solver's N + 1 timesteps, initialised from
-its usual schedule on the field (or from a saved one, e.g. a GITS search), are fitted by Adam through its whole
-trajectory to land on the teacher's terminal states. `genkit schedule learn` writes the result.
+The teacher (samplers.teacher: Heun) with many steps solves a few hundred noise draws; the base solver's N + 1
+timesteps, initialised from its usual schedule on the field (or from a saved one, e.g. a GITS search), are fitted by
+Adam through its whole trajectory to land on the teacher's terminal states. `genkit schedule learn` writes the result.
 """
 
 import time
@@ -13,12 +13,9 @@ import samplers
 from genkit.errors import GenkitError
 from genkit.fields import Field
 from genkit.paths import EDMPath
-from genkit.saved_schedules import SavedSchedule, steps_for, time_of, timesteps_form
-from samplers.learned import learn_timesteps
-
-# The teacher: Heun on `teacher_steps` steps of the form's first schedule (karras for sigma, uniform for rectified).
-# On the 64-dim mixture of configs/amed/gmm64.yaml 64 Heun steps are 9e-4 RMS from DOP853, a few-step solve ~0.1.
-TEACHER = "heun"
+from genkit.schedules.file import SavedSchedule, time_of
+from samplers.ld3 import learn_timesteps
+from samplers.teacher import TEACHER
 
 
 def learn_schedule(
@@ -37,7 +34,7 @@ def learn_schedule(
 ) -> SavedSchedule:
     """LD3 (Tong et al. 2024, "Learning to Discretize Denoising Diffusion ODEs"): `solver`'s timesteps at `nfe`.
 
-    The timesteps are fitted to a Heun teacher by backpropagation through the whole solve (samplers/learned.py).
+    The timesteps are fitted to a Heun teacher by backpropagation through the whole solve (samplers/ld3.py).
 
     Starts from `initial` (a saved schedule of this field at this NFE) or else `schedule` (default: the solver's usual
     one on the field), and takes `iterations` Adam steps on `num_samples` noise draws (generator `seed`), each on a
@@ -52,17 +49,20 @@ def learn_schedule(
     started = time.perf_counter()
     if initial is not None:
         timesteps, init = initial.timesteps, initial.name
-        velocity, path = timesteps_form(field, timesteps, solver)
+        velocity, path = field.form(initial, solver)
         if initial.nfe(solver) != nfe:
             raise GenkitError(f"the initial schedule {init} gives {solver} NFE {initial.nfe(solver)}, not {nfe}")
     else:
         init = schedule or field.default_schedule(solver)
         velocity, path = field.form(init, solver)
-        timesteps = path.timesteps(init, steps_for(solver, nfe, path.timesteps(init, 2)) + 1)
+        timesteps = path.timesteps(init, field.steps(solver, nfe, init) + 1)
     z = torch.randn((num_samples, *field.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x = path.start(z).to(device, field.dtype)
+    # The teacher on `teacher_steps` steps of the form's first schedule (karras for sigma, uniform for rectified). On
+    # the 64-dim mixture of configs/amed/gmm64.yaml 64 Heun steps are 9e-4 RMS from DOP853, a few-step solve ~0.1.
     with torch.no_grad():
-        target = samplers.heun(velocity, x, path.timesteps(path.schedules[0], teacher_steps + 1))
+        teacher = samplers.solver_spec(TEACHER).function
+        target = teacher(velocity, x, path.timesteps(path.schedules[0], teacher_steps + 1))
     function = samplers.solver_spec(solver).function
     generator = torch.Generator().manual_seed(seed + 1)
     options = {"iterations": iterations, "lr": lr, "batch_size": batch_size, "generator": generator}

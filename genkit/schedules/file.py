@@ -1,0 +1,106 @@
+"""Schedules as data: timesteps saved with the field they were made for (the file GITS, LD3 and AMED write).
+
+A saved schedule holds the N + 1 float64 timesteps a solver runs on, in the time of the field form it is solved in
+(`time`: sigma for the EDM form, rectified for rectified time), from the start of integration to its end; the base
+solver it was made for (none: any solver); the id of the field (its weights' digest, genkit.fields), a name, and
+the settings it was made with. `load_schedule` refuses it for another field, as `load_predictor` refuses a
+predictor. `genkit schedule search` writes one, a `genkit compare` schedule entry and AMED's `amed.schedule_file`
+read one (docs/samplers.md §8).
+
+The file is one JSON document (Python writes each float64 as its shortest round-trip repr, so timesteps come back
+bit-equal), written atomically:
+
+    {"format": "genkit-schedule", "version": 1, "field_id": "...", "time": "sigma", "solver": "euler",
+     "name": "gits_euler_nfe5_karras", "timesteps": [80.0, ..., 0.002], "settings": {"method": "gits", ...}}
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+import samplers
+from genkit.errors import GenkitError
+from genkit.files import write_json
+from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
+
+if TYPE_CHECKING:  # genkit.fields solves on a SavedSchedule, so it imports this module
+    from genkit.fields import Field
+
+FORMAT, VERSION = "genkit-schedule", 1
+TIMES = {"sigma": EDMPath, "rectified": RectifiedPath}
+
+
+@dataclass
+class SavedSchedule:
+    """Timesteps in a field's `time` (sigma or rectified), the solver they were made for (None: any), the field's id."""
+
+    field_id: str
+    time: str
+    timesteps: Tensor
+    solver: str | None = None
+    name: str = "schedule"
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    def nfe(self, solver: str | None = None, **options) -> int:
+        """Field evaluations of `solver` (default: the one it was made for) on these timesteps."""
+        return samplers.solver_spec(solver or self.solver or "euler").nfe(self.timesteps, **options)
+
+
+def save_schedule(schedule: SavedSchedule, path: Path) -> None:
+    """Write `schedule` to `path` as JSON, atomically (all of it or the previous file)."""
+    document = {"format": FORMAT, "version": VERSION, "field_id": schedule.field_id, "time": schedule.time}
+    document |= {"solver": schedule.solver, "name": schedule.name, "timesteps": schedule.timesteps.double().tolist()}
+    write_json(Path(path), document | {"settings": schedule.settings})
+
+
+def read_schedule(path: Path) -> SavedSchedule:
+    """The schedule saved at `path`, for whichever field it was made (load_schedule checks that it fits one)."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise GenkitError(f"cannot read a saved schedule from {path} ({error}); pass a file genkit wrote") from None
+    keys = ("field_id", "time", "timesteps", "solver", "name", "settings")
+    if (
+        not isinstance(document, dict)
+        or (document.get("format"), document.get("version")) != (FORMAT, VERSION)
+        or not all(key in document for key in keys)
+    ):
+        raise GenkitError(f"{path} is not a saved schedule ({FORMAT} version {VERSION}); pass a file genkit wrote")
+    field_id, time_name, timesteps, solver, name, settings = (document[key] for key in keys)
+    try:
+        timesteps = torch.tensor(timesteps, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        timesteps = torch.empty(0, dtype=torch.float64)
+    one_way = (
+        timesteps.ndim == 1 and len(timesteps) >= 2 and bool(abs(timesteps.diff().sign().sum()) == len(timesteps) - 1)
+    )
+    if time_name not in TIMES or not one_way:
+        raise GenkitError(
+            f"{path} holds no valid schedule: time {time_name!r} (sigma or rectified) and timesteps that run one way "
+            f"from start to end, got {timesteps.tolist()}"
+        )
+    if solver is not None:
+        samplers.solver_spec(solver)
+    return SavedSchedule(field_id, time_name, timesteps, solver, name, settings)
+
+
+def load_schedule(path: Path, field: "Field") -> SavedSchedule:
+    """The schedule saved at `path`, refused (one line naming both ids) unless it was made for this field."""
+    schedule = read_schedule(path)
+    if schedule.field_id != field.field_id:
+        raise GenkitError(
+            f"the schedule in {path} was made for field {schedule.field_id}, not for this field {field.field_id}; "
+            "search one for it (genkit schedule search)"
+        )
+    field.form(schedule, schedule.solver or "euler")  # timesteps that fit no form of the field fail here
+    return schedule
+
+
+def time_of(path: ProbabilityPath) -> str:
+    """The name of a path's time convention in a saved schedule."""
+    return next(name for name, kind in TIMES.items() if isinstance(path, kind))
