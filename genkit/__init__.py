@@ -6,15 +6,15 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use: `genkit --help` must not wait for torch.
 _EXPORTS = {
-    "DenoiserField": "genkit.velocity",
-    "DiffusersField": "genkit.velocity",
+    "DenoiserVelocity": "genkit.velocity",
+    "DiffusersVelocity": "genkit.velocity",
     "EDMPath": "genkit.paths",
-    "GaussianMixtureField": "genkit.gaussian_mixture",
+    "GaussianMixture": "genkit.gaussian_mixture",
     "GenkitError": "genkit.errors",
-    "GradientField": "genkit.velocity",
+    "GradientVelocity": "genkit.velocity",
     "RectifiedAsEDM": "genkit.velocity",
     "RectifiedPath": "genkit.paths",
-    "VelocityModel": "genkit.velocity",
+    "Velocity": "genkit.velocity",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -6,7 +6,7 @@ is solved in rectified time on `uniform` and in EDM form (through RectifiedAsEDM
 analytic mixture in either; a diffusers model in EDM form only. `genkit sample`, `genkit compare` and AMED
 distillation all solve through `Field.solve`, and a schedule or solver that does not fit the field is one error.
 
-`FieldConfig` names a field in a config: `mixture` (an analytic GaussianMixtureField, float64), `flow_run` (the
+`FieldConfig` names a field in a config: `mixture` (an analytic GaussianMixture, float64), `flow_run` (the
 model of a genkit flow or ReFlow run) or `diffusers` (a folder or Hub id with `unet/` and `scheduler/`, as
 DDPMPipeline.save_pretrained writes it). Each field has an id that names the exact weights, so that what was
 distilled for one model is refused for another.
@@ -27,12 +27,12 @@ import samplers
 from genkit.config import check_choice, ranged
 from genkit.data import data_shape
 from genkit.errors import GenkitError
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.models import load_velocity_model
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
 from genkit.runs import Run
 from genkit.schedules.file import SavedSchedule, time_of
-from genkit.velocity import DiffusersField, RectifiedAsEDM, VelocityModel
+from genkit.velocity import DiffusersVelocity, RectifiedAsEDM, Velocity
 
 FIELD_KINDS = ("mixture", "flow_run", "diffusers")
 SCHEDULER_FILE = "scheduler_config.json"
@@ -45,13 +45,13 @@ class Field:
     field_id: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    forms: list[tuple[VelocityModel, ProbabilityPath]]
+    forms: list[tuple[Velocity, ProbabilityPath]]
 
     @property
     def schedules(self) -> tuple[str, ...]:
         return tuple(schedule for _, path in self.forms for schedule in path.schedules)
 
-    def form(self, schedule: "str | SavedSchedule", solver: str = "euler") -> tuple[VelocityModel, ProbabilityPath]:
+    def form(self, schedule: "str | SavedSchedule", solver: str = "euler") -> tuple[Velocity, ProbabilityPath]:
         """The velocity and path a schedule's name spans, or whose start and end a saved schedule's timesteps are;
         one clear error when the field or the solver cannot use it."""
         if isinstance(schedule, SavedSchedule):
@@ -71,7 +71,7 @@ class Field:
         raise GenkitError(f"schedule {schedule} does not fit this field ({self.field_id}); it takes {self.schedules}")
 
     @property
-    def edm(self) -> VelocityModel:
+    def edm(self) -> Velocity:
         """The velocity in EDM form (time is sigma), which AMED and the sigma-space solvers need."""
         return self.form(EDMPath.schedules[0])[0]
 
@@ -116,7 +116,7 @@ class Field:
         """Data from noise z by scipy's `method` at rtol = atol = tolerance in the time `schedule` spans, and the
         evaluations it spent."""
         velocity, path = self.form(schedule)
-        counting = samplers.CountingField(velocity)
+        counting = samplers.CountingVelocity(velocity)
         x = samplers.reference(
             counting, path.start(z.to(self.dtype)), path.t_start, path.t_end, tolerance, tolerance, method
         )
@@ -142,7 +142,7 @@ class FieldConfig:
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
         """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given)."""
         if self.kind == "mixture":
-            mixture = GaussianMixtureField.random(self.components, tuple(self.shape), self.seed, self.diagonal)
+            mixture = GaussianMixture.random(self.components, tuple(self.shape), self.seed, self.diagonal)
             field_id = (
                 f"gmm(components={self.components}, shape={list(self.shape)}, seed={self.seed}, "
                 f"diagonal={self.diagonal})"
@@ -214,7 +214,7 @@ def load_diffusers(source: str, device: torch.device | str = "cpu", dtype: torch
     shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
     files = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin")) + [scheduler_dir / SCHEDULER_FILE]
     field_id = f"diffusers(sha256={weights_digest(*files)})"
-    return Field(field_id, shape, dtype or torch.float32, [(DiffusersField(unet, scheduler), EDMPath())])
+    return Field(field_id, shape, dtype or torch.float32, [(DiffusersVelocity(unet, scheduler), EDMPath())])
 
 
 def load_folder(folder: Path, device: torch.device | str = "cpu") -> Field:

@@ -11,7 +11,7 @@ from genkit.errors import GenkitError
 from genkit.paths import broadcast_time
 
 
-class GaussianMixtureField:
+class GaussianMixture:
     """sum_k w_k N(mu_k, diag(s_k^2)) with means [K, *shape], stds [K] (isotropic) or [K, *shape] (diagonal)."""
 
     def __init__(self, means: Tensor, stds: Tensor, weights: Tensor | None = None):
@@ -30,7 +30,7 @@ class GaussianMixtureField:
     @classmethod
     def random(
         cls, num_components: int, shape: tuple[int, ...], seed: int = 0, diagonal: bool = False
-    ) -> "GaussianMixtureField":
+    ) -> "GaussianMixture":
         """Means uniform in [-0.8, 0.8], stds uniform in [0.05, 0.25], weights uniform in [0.5, 1.5], from `seed`."""
         generator = torch.Generator().manual_seed(seed)
         means = torch.rand((num_components, *shape), generator=generator, dtype=torch.float64) * 1.6 - 0.8

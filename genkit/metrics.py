@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity
 from torch import Tensor
 
 from genkit.errors import GenkitError
-from genkit.velocity import VelocityModel
+from genkit.velocity import Velocity
 from samplers import euler, uniform
 
 
@@ -45,7 +45,7 @@ def ssim(images: Tensor, reference: Tensor) -> float:
     return ssim_per_image(images, reference).mean().item()
 
 
-def straightness(field: VelocityModel, z0: Tensor, nfe: int = 100) -> float:
+def straightness(field: Velocity, z0: Tensor, nfe: int = 100) -> float:
     """S = int_0^1 E||(Z1 - Z0) - v(Z_t, t)||^2 dt along `nfe` uniform Euler steps from z0 (docs/metrics.md §8).
 
     Discretised on the solver's own grid: the integral is the mean over t_i = i / nfe, i < nfe, of the velocity Euler
@@ -118,9 +118,14 @@ def mode_coverage(samples: Tensor, centres: Tensor, radius: float, min_count: in
     return (counts >= min_count).double().mean().item(), high_quality.double().mean().item()
 
 
+def as_uint8(images: Tensor) -> Tensor:
+    """Images x in [-1, 1] as 8-bit levels round((x + 1) 127.5), clamped to [0, 255]: what an image file holds."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def uint8_levels(images: Tensor) -> Tensor:
-    """x in [-1, 1] -> round((x + 1) 127.5) clamped to [0, 255] -> back to [-1, 1]: the 8-bit image FID features see."""
-    return ((images + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+    """x in [-1, 1] -> as_uint8 -> back to [-1, 1]: the 8-bit image FID features see."""
+    return as_uint8(images).to(images.dtype) / 127.5 - 1
 
 
 @dataclass

@@ -23,7 +23,7 @@ from genkit.nets import TimeMLP, UNetVelocity
 from genkit.nets.discriminator import PatchDiscriminator
 from genkit.nets.gan import CriticPotential, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator
 from genkit.predictors import LearnedTimesteps, PredictorModel
-from genkit.velocity import GradientField
+from genkit.velocity import GradientVelocity
 from tokenizers_img.model import Tokenizer
 
 MODEL_CLASSES = {
@@ -80,9 +80,9 @@ class GanModels:
         self.critic.to(device)
         return self
 
-    def critic_field(self) -> GradientField:
+    def critic_field(self) -> GradientVelocity:
         """The critic as a field: grad_x h(d(x)) (MonoFlow) or grad_x D(x) (a Wasserstein critic)."""
-        return GradientField(lambda x: self.potential(self.critic(x)))
+        return GradientVelocity(lambda x: self.potential(self.critic(x)))
 
 
 def save_gan(generator: nn.Module, critic: nn.Module, potential: CriticPotential, folder: Path) -> None:

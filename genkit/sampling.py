@@ -38,6 +38,7 @@ import samplers
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.fields import load_flow_run
+from genkit.metrics import as_uint8
 from genkit.models import load_gan
 from genkit.noise import initial_noise
 from genkit.predictors import load_distilled
@@ -46,7 +47,7 @@ from genkit.progress import progress
 from genkit.runs import Run
 from genkit.schedules.file import SavedSchedule, load_schedule
 from genkit.tracking import image_grid
-from genkit.velocity import GradientField
+from genkit.velocity import GradientVelocity
 
 DEFAULT_SOLVER, DEFAULT_NFE = "euler", 4
 DEFAULT_BATCH_SIZE = 256
@@ -54,7 +55,7 @@ OUTPUTS = {"safetensors": ".safetensors", "png": "", "npz": ".npz"}  # --format:
 PICTURE_SAMPLES = 64
 
 
-def refine(field: GradientField, x: Tensor, steps: int, step_size: float) -> Tensor:
+def refine(field: GradientVelocity, x: Tensor, steps: int, step_size: float) -> Tensor:
     """`steps` Euler steps of size `step_size` along a critic's field: x <- x + step_size grad h(d(x))."""
     if steps == 0:
         return x
@@ -143,9 +144,9 @@ def sample_batches(
         yield from (part for part in gather_object([local]) if len(part))
 
 
-def as_uint8(images: Tensor) -> Tensor:
-    """Images in [-1, 1] (N, C, H, W) as uint8 (N, H, W, C): round((x + 1) 127.5), clamped to [0, 255]."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+def channels_last_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] (N, C, H, W) as uint8 (N, H, W, C) (genkit.metrics.as_uint8)."""
+    return as_uint8(images).permute(0, 2, 3, 1).contiguous()
 
 
 @contextmanager
@@ -166,7 +167,7 @@ def png_writer(folder: Path, num: int) -> Iterator[Callable[[Tensor], None]]:
     names = (folder / f"{index:0{width}d}.png" for index in range(num))
 
     def write(batch: Tensor) -> None:
-        for image in as_uint8(batch).numpy():
+        for image in channels_last_uint8(batch).numpy():
             Image.fromarray(image.squeeze(2) if image.shape[2] == 1 else image).save(next(names))
 
     yield write
@@ -183,7 +184,7 @@ def npz_writer(path: Path, num: int, shape: tuple[int, ...]) -> Iterator[Callabl
     partial = path.with_name(f"{path.name}.partial")
     with zipfile.ZipFile(partial, "w") as archive, archive.open("arr_0.npy", "w", force_zip64=True) as entry:
         np.lib.format.write_array_header_1_0(entry, header)
-        yield lambda batch: entry.write(as_uint8(batch).numpy().tobytes())
+        yield lambda batch: entry.write(channels_last_uint8(batch).numpy().tobytes())
     partial.replace(path)
 
 

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor
 
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 
 MOONS_NOISE = 0.05
 EIGHT_GAUSSIAN_STD = 0.1
@@ -42,12 +42,12 @@ def checkerboard(n: int, generator: torch.Generator) -> Tensor:
     return corner + torch.rand(n, 2, generator=generator)
 
 
-def toy_mixture() -> GaussianMixtureField:
+def toy_mixture() -> GaussianMixture:
     """A fixed 2-D mixture of 4 isotropic Gaussians with unequal weights and widths, so its exact velocity is known."""
     means = torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5], [1.5, 1.5]])
     stds = torch.tensor([0.2, 0.3, 0.15, 0.25])
     weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    return GaussianMixtureField(means, stds, weights)
+    return GaussianMixture(means, stds, weights)
 
 
 def mixture(n: int, generator: torch.Generator) -> Tensor:

@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from genkit.files import write_json, write_text
+from genkit.metrics import as_uint8
 
 TRACKERS = ("wandb", "tensorboard", "none")
 PROJECT = "genkit"
@@ -23,8 +24,7 @@ PROJECT = "genkit"
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Images in [-1, 1] (N, C, H, W) as one uint8 grid (3, H', W')."""
-    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1))
-    return (grid * 255).round().to(torch.uint8)
+    return as_uint8(make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, pad_value=-1))
 
 
 class RunLog:

@@ -5,20 +5,13 @@ Rectified form: x_t = t x1 + (1 - t) x0 with noise at t = 0, dx/dt = E[x1 - x0 |
 """
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from genkit.errors import GenkitError
 from genkit.paths import broadcast_time
-from samplers.field import pooled_features, velocity_and_bottleneck
-
-
-class VelocityModel(Protocol):
-    """A velocity field: dx/dt at (x, t), with t of shape [batch]."""
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+from samplers.velocity import Velocity, pooled_features, velocity_and_bottleneck
 
 
 def with_bottleneck(unet: torch.nn.Module, forward: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
@@ -34,7 +27,7 @@ def with_bottleneck(unet: torch.nn.Module, forward: Callable[[], Tensor]) -> tup
     return output, pooled_features(captured[0])
 
 
-class DenoiserField:
+class DenoiserVelocity:
     """EDM velocity of a denoiser D(x, sigma): dx/dsigma = (x - D(x, sigma)) / sigma."""
 
     def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor]):
@@ -50,7 +43,7 @@ class RectifiedAsEDM:
     By the chain rule dx~/dsigma = (v / t - x_t / t^2) / (-1 / t^2) = t (x~ - v(t x~, t)), t = 1 / (1 + sigma).
     """
 
-    def __init__(self, field: VelocityModel):
+    def __init__(self, field: Velocity):
         self.field = field
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -66,7 +59,7 @@ class RectifiedAsEDM:
         return t_x * (x - velocity), features
 
 
-class GradientField:
+class GradientVelocity:
     """The gradient of a potential as a field: v(x, t) = grad_x potential(x), time ignored."""
 
     def __init__(self, potential: Callable[[Tensor], Tensor]):
@@ -79,7 +72,7 @@ class GradientField:
         return grad
 
 
-class DiffusersField:
+class DiffusersVelocity:
     """A diffusers UNet2DModel with its DDPM-family scheduler as an EDM velocity.
 
     sigma = sqrt((1 - alpha_bar) / alpha_bar) over the scheduler's table; the network sees the VP input

@@ -5,7 +5,7 @@ from samplers.errors import SamplerError
 from samplers.reference import reference
 from samplers.registry import BASELINES, SOLVERS, SolverSpec, solver_spec
 from samplers.schedules import SCHEDULES, karras, logsnr, time_uniform, uniform
-from samplers.solve import CountingField, schedule_length, solve
+from samplers.solve import CountingVelocity, schedule_length, solve
 from samplers.solvers import dpm_solver_2, dpmpp_2m, euler, heun, ipndm
 
 __all__ = [
@@ -13,7 +13,7 @@ __all__ = [
     "AMEDPredictor",
     "SCHEDULES",
     "SOLVERS",
-    "CountingField",
+    "CountingVelocity",
     "SamplerError",
     "SolverSpec",
     "amed",

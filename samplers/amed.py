@@ -3,7 +3,7 @@
 Works on any EDM-form field (time = sigma > 0, velocity = (x - D(x, sigma)) / sigma). The predictor sees
 features that every field provides (a pooled summary of the slope d_n), never a network's module names; a
 predictor built with features="bottleneck" instead reads the 64 values a field's `velocity_and_bottleneck`
-returns with the slope (samplers.field; genkit's U-Net adapters pool the U-Net's middle block to 8x8).
+returns with the slope (samplers.velocity; genkit's U-Net adapters pool the U-Net's middle block to 8x8).
 """
 
 import math
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samplers.errors import SamplerError
-from samplers.field import FEATURE_SIZE, Field, pooled_features, velocity_and_bottleneck
 from samplers.solvers import ADAMS_BASHFORTH, Callback, as_timesteps, batch_time
+from samplers.velocity import FEATURE_SIZE, Velocity, pooled_features, velocity_and_bottleneck
 
 PLUGIN_BASES = ("euler", "dpm_solver_2", "ipndm", "dpmpp_2m")
 FEATURES = ("slope", "bottleneck")
@@ -103,7 +103,7 @@ def _checked(timesteps: Tensor, x: Tensor, solver: str) -> Tensor:
 
 
 def _predicted_interval(
-    field: Field,
+    field: Velocity,
     x: Tensor,
     i: int,
     t: Tensor,
@@ -134,7 +134,7 @@ def _per_sample(value: Tensor, x: Tensor) -> Tensor:
     return value.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _mean_slope(field: Field, x_s: Tensor, s: Tensor, a: Tensor) -> Tensor:
+def _mean_slope(field: Velocity, x_s: Tensor, s: Tensor, a: Tensor) -> Tensor:
     """(x_s - D(x_s; a s)) / s = a v(x_s, a s): the network sees the rescaled time, the slope divides by s."""
     return _per_sample(a, x_s) * field(x_s, a * s)
 
@@ -144,7 +144,7 @@ def _adams_bashforth(history: list[Tensor]) -> Tensor:
 
 
 def amed(
-    field: Field,
+    field: Velocity,
     x: Tensor,
     timesteps: Tensor,
     predictor: Predictor,
@@ -177,7 +177,7 @@ def _dpmpp_substep(x: Tensor, t: Tensor, t_next: Tensor, denoised: Tensor, histo
 
 
 def amed_plugin_step(
-    field: Field,
+    field: Velocity,
     x: Tensor,
     t: Tensor,
     t_next: Tensor,
@@ -219,7 +219,7 @@ def amed_plugin_step(
 
 
 def amed_plugin(
-    field: Field,
+    field: Velocity,
     x: Tensor,
     timesteps: Tensor,
     predictor: Predictor,

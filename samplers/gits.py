@@ -18,15 +18,15 @@ docs/samplers.md §8.
 import torch
 from torch import Tensor
 
-from samplers.field import Field
 from samplers.registry import solver_spec
 from samplers.solvers import batch_time
+from samplers.velocity import Velocity
 
 
 class KnownSlope:
     """A field that returns the teacher's slope at the teacher's own state (GITS reuses it), and evaluates elsewhere."""
 
-    def __init__(self, field: Field, x: Tensor, t: Tensor, slope: Tensor):
+    def __init__(self, field: Velocity, x: Tensor, t: Tensor, slope: Tensor):
         self.field, self.x, self.t, self.slope = field, x, t, slope
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -36,7 +36,7 @@ class KnownSlope:
 
 
 @torch.no_grad()
-def local_errors(field: Field, solver: str, grid: Tensor, states: Tensor, slopes: Tensor) -> Tensor:
+def local_errors(field: Velocity, solver: str, grid: Tensor, states: Tensor, slopes: Tensor) -> Tensor:
     """C[i, j]: batch mean of ||one `solver` step from states[i], grid[i] -> grid[j] - states[j]||^2; inf for j <= i.
 
     The step is the solver run on the two times [grid[i], grid[j]], i.e. its single-step form (module docstring).

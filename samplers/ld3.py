@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from samplers.field import Field
+from samplers.velocity import Velocity
 
 Solver = Callable[..., Tensor]
 
@@ -51,7 +51,7 @@ def initial_logits(timesteps: Tensor, log_time: bool) -> Tensor:
 
 def learn_timesteps(
     solver: Solver,
-    field: Field,
+    field: Velocity,
     x: Tensor,
     target: Tensor,
     timesteps: Tensor,

@@ -5,12 +5,12 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from samplers.field import Field
+from samplers.velocity import Velocity
 
 
 @torch.no_grad()
 def reference(
-    field: Field, x: Tensor, t0: float, t1: float, rtol: float = 1e-8, atol: float = 1e-8, method: str = "DOP853"
+    field: Velocity, x: Tensor, t0: float, t1: float, rtol: float = 1e-8, atol: float = 1e-8, method: str = "DOP853"
 ) -> Tensor:
     """x(t1) of dx/dt = field(x, t) from x(t0) = x, by scipy's adaptive `solve_ivp` on the flattened batch.
 

@@ -5,16 +5,16 @@ import inspect
 from torch import Tensor
 
 from samplers.errors import SamplerError
-from samplers.field import Field, velocity_and_bottleneck
 from samplers.registry import solver_spec
 from samplers.schedules import SCHEDULES
 from samplers.solvers import Callback
+from samplers.velocity import Velocity, velocity_and_bottleneck
 
 
-class CountingField:
+class CountingVelocity:
     """A field that counts its evaluations: one per call, whatever the batch size."""
 
-    def __init__(self, field: Field):
+    def __init__(self, field: Velocity):
         self.field = field
         self.nfe = 0
 
@@ -59,7 +59,7 @@ def schedule_length(
 
 
 def solve(
-    field: Field,
+    field: Velocity,
     x: Tensor,
     solver: str = "euler",
     nfe: int | None = 10,
@@ -85,7 +85,7 @@ def solve(
         if nfe not in (None, spent):
             raise SamplerError(f"{solver} spends {spent} evaluations on these {len(schedule)} timesteps, not nfe={nfe}")
         nfe = spent
-    counting = CountingField(field)
+    counting = CountingVelocity(field)
     x = spec.function(counting, x, timesteps, callback=callback, **solver_opts)
     if counting.nfe != nfe:
         raise RuntimeError(f"{solver} spent {counting.nfe} evaluations, expected {nfe}: SolverSpec.nfe is out of date")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from samplers.errors import SamplerError
-from samplers.field import Field
+from samplers.velocity import Velocity
 
 Callback = Callable[[dict], None] | None
 
@@ -48,7 +48,7 @@ def require_sigma(timesteps: Tensor, solver: str) -> None:
         )
 
 
-def euler(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
+def euler(field: Velocity, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
     """Euler (DDIM in EDM form): x_{n+1} = x_n + (t_{n+1} - t_n) v(x_n, t_n)."""
     timesteps = as_timesteps(timesteps, x)
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
@@ -59,7 +59,7 @@ def euler(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None)
     return x
 
 
-def heun(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
+def heun(field: Velocity, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
     """Heun (EDM Alg. 1): x_{n+1} = x_n + h/2 (d_n + d(x_n + h d_n, t_{n+1})); Euler on a final step to t=0."""
     timesteps = as_timesteps(timesteps, x)
     for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
@@ -77,7 +77,7 @@ def heun(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None) 
     return x
 
 
-def dpm_solver_2(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
+def dpm_solver_2(field: Velocity, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
     """DPM-Solver-2: slope at s = sqrt(t_n t_{n+1}) after an Euler half-step, then the full step from x_n."""
     timesteps = as_timesteps(timesteps, x)
     require_sigma(timesteps, "dpm_solver_2")
@@ -94,7 +94,7 @@ def dpm_solver_2(field: Field, x: Tensor, timesteps: Tensor, callback: Callback 
     return x
 
 
-def dpmpp_2m(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
+def dpmpp_2m(field: Velocity, x: Tensor, timesteps: Tensor, callback: Callback = None) -> Tensor:
     """DPM-Solver++(2M): x_{n+1} = (t_{n+1}/t_n) x_n + (1 - e^{-h}) D_hat, D_hat = (1 + 1/2r) D_n - (1/2r) D_{n-1}.
 
     h = log(t_n / t_{n+1}) and r = h_{n-1} / h_n; the first step, and a last step to sigma = 0, are first order (DDIM).
@@ -121,7 +121,7 @@ def dpmpp_2m(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = No
     return x
 
 
-def ipndm(field: Field, x: Tensor, timesteps: Tensor, callback: Callback = None, max_order: int = 4) -> Tensor:
+def ipndm(field: Velocity, x: Tensor, timesteps: Tensor, callback: Callback = None, max_order: int = 4) -> Tensor:
     """iPNDM: Adams-Bashforth with equal-step weights on the slope history, order ramping up to max_order."""
     if max_order not in (1, 2, 3, 4):
         raise SamplerError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order}")

@@ -7,15 +7,15 @@ Heun on a fine grid that nests the student's times as their teacher, and read it
 import torch
 from torch import Tensor
 
-from samplers.field import Field
 from samplers.registry import solver_spec
+from samplers.velocity import Velocity
 
 TEACHER = "heun"  # second order, any field
 
 
 @torch.no_grad()
 def teacher_trajectory(
-    field: Field, x: Tensor, timesteps: Tensor, stride: int, teacher: str = TEACHER
+    field: Velocity, x: Tensor, timesteps: Tensor, stride: int, teacher: str = TEACHER
 ) -> tuple[Tensor, Tensor]:
     """The teacher's states [K, *x.shape] and slopes at every `stride`-th of `timesteps` (K = the grid's length).
 

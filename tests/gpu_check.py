@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 import samplers
 from genkit.files import write_json
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.nets import UNetVelocity
 from genkit.nets.gan import DCGANCritic
 from genkit.train.gan import gradient_penalty
@@ -115,7 +115,7 @@ def sampling_against_cpu(device: str, network: bool) -> float:
             {"solver": "euler", "nfe": 4, "schedule": "uniform"},
         )
     else:
-        mixture = GaussianMixtureField.random(8, (3, 16, 16), seed=0)
+        mixture = GaussianMixture.random(8, (3, 16, 16), seed=0)
         fields = {"cpu": mixture.edm, device: mixture.edm}  # the mixture's tensors follow x's device
         noise = 80 * seeded(8, 3, 16, 16, seed=3, device="cpu", dtype=torch.float64)
         options = {"solver": "heun", "nfe": 10, "schedule": "karras"}

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.train.pairs import generate_pairs
 
 
@@ -16,7 +16,7 @@ def main(folder: str, num_pairs: int, shard_size: int, seed: int, batch_size: in
     accelerator = Accelerator()
     # Without ACCELERATE_USE_CPU each launched process would silently run alone (ENVIRONMENT.md).
     assert accelerator.num_processes == 2, f"expected 2 ranks, got {accelerator.num_processes}"
-    field = GaussianMixtureField.random(3, (2,), seed=0).rectified
+    field = GaussianMixture.random(3, (2,), seed=0).rectified
     generate_pairs(field, (2,), Path(folder), num_pairs, shard_size, seed, accelerator, batch_size=batch_size)
     accelerator.end_training()
 

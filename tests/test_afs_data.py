@@ -8,7 +8,7 @@ import torch
 from test_amed import constant
 from torch.utils.data import TensorDataset
 
-from genkit import GaussianMixtureField
+from genkit import GaussianMixture
 from genkit.config import config_dict
 from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
@@ -17,7 +17,7 @@ from genkit.predictors import load_predictor
 from genkit.train.amed import AmedRunConfig, AmedSettings, AmedTrainer, data_statistics, start_states
 from genkit.train.config import TrainConfig
 from genkit.train.loop import Loop
-from samplers import CountingField, SamplerError, amed, amed_plugin, karras
+from samplers import CountingVelocity, SamplerError, amed, amed_plugin, karras
 from samplers.amed import gaussian_first_slope
 
 SIGMA_MAX = 80.0
@@ -30,7 +30,7 @@ def gaussian():
     generator = torch.Generator().manual_seed(0)
     mean = -0.8 + 0.3 * torch.rand((1, *SHAPE), generator=generator, dtype=torch.float64)
     std = 0.05 + 0.3 * torch.rand((1, *SHAPE), generator=generator, dtype=torch.float64)
-    return GaussianMixtureField(mean, std)
+    return GaussianMixture(mean, std)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def x():
     return SIGMA_MAX * torch.randn((5, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
-def statistics(gaussian: GaussianMixtureField) -> tuple[torch.Tensor, torch.Tensor]:
+def statistics(gaussian: GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
     return gaussian.means.reshape(SHAPE), gaussian.variances.reshape(SHAPE)
 
 
@@ -49,7 +49,7 @@ def test_the_data_aware_first_slope_is_the_exact_one_and_the_zero_mean_one_is_no
     zero_mean = x / math.sqrt(1 + SIGMA_MAX**2)
     assert (zero_mean - exact).abs().max() > 1e-3  # the mean's pull, -mu / sigma_max ~ 1e-2
     # An isotropic (scalar) variance is the same formula.
-    isotropic = GaussianMixtureField(gaussian.means.reshape(1, *SHAPE), torch.tensor([0.3], dtype=torch.float64))
+    isotropic = GaussianMixture(gaussian.means.reshape(1, *SHAPE), torch.tensor([0.3], dtype=torch.float64))
     slope = gaussian_first_slope(x, SIGMA_MAX, gaussian.means.reshape(SHAPE), 0.09)
     torch.testing.assert_close(slope, isotropic.edm(x, sigma), rtol=1e-12, atol=0)
 
@@ -59,7 +59,7 @@ def test_with_the_data_aware_afs_a_solve_equals_the_one_that_evaluates_the_field
     """The first step is the only difference between AFS and no AFS, so on Gaussian data they agree to round-off,
     one evaluation cheaper."""
     timesteps = karras(4)
-    counting = CountingField(gaussian.edm)
+    counting = CountingVelocity(gaussian.edm)
     if solver == "amed":
         run = lambda field, **afs: amed(field, x, timesteps, constant(0.4, c=1.005, a=0.95), **afs)  # noqa: E731
     else:
@@ -106,7 +106,7 @@ def test_the_statistics_come_together_and_only_with_afs():
 def test_a_mixtures_statistics_are_its_moments():
     config = FieldConfig(kind="mixture", components=3, shape=[8], seed=4, diagonal=True)
     mean, variance = data_statistics(config)
-    mixture = GaussianMixtureField.random(3, (8,), seed=4, diagonal=True)
+    mixture = GaussianMixture.random(3, (8,), seed=4, diagonal=True)
     draws = mixture.sample(200_000, torch.Generator().manual_seed(0))
     torch.testing.assert_close(mean, draws.mean(0), atol=5e-3, rtol=0)
     torch.testing.assert_close(variance, draws.var(0), atol=5e-3, rtol=0.02)

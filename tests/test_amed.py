@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from genkit import GaussianMixtureField
+from genkit import GaussianMixture
 from samplers import (
     AMEDPredictor,
-    CountingField,
+    CountingVelocity,
     SamplerError,
     amed,
     amed_plugin,
@@ -35,7 +35,7 @@ def constant(r: float, c: float = 1.0, a: float = 1.0):
 
 @pytest.fixture(scope="module")
 def mixture():
-    return GaussianMixtureField.random(4, (64,), seed=2, diagonal=True)
+    return GaussianMixture.random(4, (64,), seed=2, diagonal=True)
 
 
 @pytest.fixture
@@ -94,13 +94,13 @@ def test_an_exact_r_exists_on_the_isotropic_gaussian_with_the_documented_values(
 
 @pytest.mark.parametrize(("afs", "expected"), [(True, 5), (False, 6)])
 def test_nfe_is_two_per_interval_less_one_with_afs(mixture, x, afs, expected):
-    counting = CountingField(mixture.edm)
+    counting = CountingVelocity(mixture.edm)
     called_at = []
     recording = lambda y, t: called_at.append(t[0].item()) or counting(y, t)  # noqa: E731
     amed(recording, x, karras(4), constant(0.4), afs=afs)
     assert counting.nfe == expected
     assert (80.0 in called_at) is not afs
-    counting = CountingField(mixture.edm)
+    counting = CountingVelocity(mixture.edm)
     solve(counting, x, "amed", expected, solver_opts={"predictor": constant(0.4), "afs": afs})
     assert counting.nfe == expected
 
@@ -173,7 +173,7 @@ def test_ipndm_plugin_keeps_slopes_at_t_and_s_in_one_history(mixture, x):
 
 def test_plugin_nfe_and_sample(mixture, x):
     for afs, expected in ((True, 5), (False, 6)):
-        counting = CountingField(mixture.edm)
+        counting = CountingVelocity(mixture.edm)
         solve(counting, x, "amed_plugin", expected, solver_opts={"predictor": constant(0.5), "afs": afs})
         assert counting.nfe == expected
 
@@ -225,7 +225,7 @@ def test_a_bottleneck_predictor_reads_the_fields_features_and_refuses_a_field_wi
         return constant(0.5)(features, t, t_next)
 
     predict.features = "bottleneck"
-    counting = CountingField(BottleneckField(mixture.edm))
+    counting = CountingVelocity(BottleneckField(mixture.edm))
     out = amed(counting, x, karras(3), predict, afs=True)
     torch.testing.assert_close(out, amed(mixture.edm, x, karras(3), constant(0.5), afs=True))
     assert counting.nfe == 3

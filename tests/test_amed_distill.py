@@ -11,7 +11,7 @@ from test_amed import constant, exact_r
 from torch.utils.data import TensorDataset
 from weights import assert_same_weights, float64_training_atol
 
-from genkit import GaussianMixtureField
+from genkit import GaussianMixture
 from genkit.config import config_dict, load_config
 from genkit.errors import GenkitError
 from genkit.fields import Field
@@ -46,7 +46,7 @@ def distilled(tmp_path_factory):
     return folder, distil(folder, CONFIG)
 
 
-def distil_in_process(folder, settings: AmedSettings, mixture: GaussianMixtureField, shape: tuple, steps: int):
+def distil_in_process(folder, settings: AmedSettings, mixture: GaussianMixture, shape: tuple, steps: int):
     """Distil on a hand-made mixture through the loop (no config can name it); the trained predictor."""
     config = AmedRunConfig(
         name="custom",
@@ -67,7 +67,7 @@ def test_on_an_isotropic_gaussian_the_distilled_r_is_the_exact_r_and_far_better_
 
     Unit data std makes r matter on every interval: for std << sigma the field is x / sigma and any r is exact.
     """
-    gaussian = GaussianMixtureField(torch.zeros(1, 16, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    gaussian = GaussianMixture(torch.zeros(1, 16, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     settings = AmedSettings(num_steps=4, schedule="time_uniform", afs=False, teacher_steps=8, scale_dir=0.0)
     predictor = distil_in_process(tmp_path, settings, gaussian, (16,), steps=200)
     x = 80 * torch.randn(256, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -87,7 +87,7 @@ def test_on_an_isotropic_gaussian_the_distilled_r_is_the_exact_r_and_far_better_
 
 def test_a_distilled_plugin_beats_its_base_solver_with_geometric_midpoints(tmp_path):
     """DPM-Solver++(2M) plugin, own state and history, NFE 5 on karras, against r = 1/2, c = 1 on the same grid."""
-    mixture = GaussianMixtureField.random(8, (64,), seed=0, diagonal=True)
+    mixture = GaussianMixture.random(8, (64,), seed=0, diagonal=True)
     settings = AmedSettings(
         solver="amed_plugin", base="dpmpp_2m", schedule="karras", teacher="dpmpp_2m", teacher_steps=2
     )

@@ -6,7 +6,7 @@ from test_amed_distill import CONFIG, distil_in_process, distil_on_one_and_two_r
 from torch.nn.parallel import DistributedDataParallel
 from weights import assert_same_weights, float64_training_atol
 
-from genkit import GaussianMixtureField
+from genkit import GaussianMixture
 from genkit.config import load_config
 from genkit.errors import GenkitError
 from genkit.fields import Field
@@ -24,7 +24,7 @@ PLUGIN = {"solver": "amed_plugin", "base": "ipndm", "schedule": "karras", "teach
 @pytest.mark.parametrize("student", [{"solver": "amed"}, PLUGIN], ids=["amed", "amed_plugin"])
 def test_end_to_end_equals_greedy_with_one_interval(tmp_path, student):
     """N = 2: the greedy loss at t_1 is the terminal loss, and both take one update a step, so the weights agree."""
-    mixture = GaussianMixtureField.random(8, (64,), seed=0, diagonal=True)
+    mixture = GaussianMixture.random(8, (64,), seed=0, diagonal=True)
     trained = {}
     for loss in ("greedy", "end_to_end"):
         settings = AmedSettings(**student, num_steps=2, afs=False, teacher_steps=3, loss=loss)
@@ -33,7 +33,7 @@ def test_end_to_end_equals_greedy_with_one_interval(tmp_path, student):
     assert_same_weights(trained["greedy"], trained["end_to_end"])
 
 
-def plugin_rmse(folder, settings: AmedSettings, mixture: GaussianMixtureField) -> float:
+def plugin_rmse(folder, settings: AmedSettings, mixture: GaussianMixture) -> float:
     """Distil the iPNDM plugin; its RMSE on held-out noise to an accurate solve, on its saved or named timesteps."""
     predictor = distil_in_process(folder, settings, mixture, (64,), steps=100)
     saved = folder / "custom" / "model" / PREDICTOR_SCHEDULE
@@ -47,7 +47,7 @@ def plugin_rmse(folder, settings: AmedSettings, mixture: GaussianMixtureField) -
 
 def test_end_to_end_beats_greedy_and_learned_timesteps_beat_fixed_ones(tmp_path):
     """iPNDM plugin at NFE 5 on the 64-dim mixture: the greedy loss's r helps one interval and hurts the next."""
-    mixture = GaussianMixtureField.random(8, (64,), seed=0, diagonal=True)
+    mixture = GaussianMixture.random(8, (64,), seed=0, diagonal=True)
     base = {**PLUGIN, "num_steps": 4, "afs": True, "teacher_steps": 2}
     greedy = plugin_rmse(tmp_path / "greedy", AmedSettings(**base), mixture)
     end_to_end = plugin_rmse(tmp_path / "e2e", AmedSettings(**base, loss="end_to_end"), mixture)
@@ -108,7 +108,7 @@ def test_a_ddp_wrapped_bottleneck_predictor_is_still_fed_bottleneck_features(tmp
     The mixture field has no bottleneck, so asking for it is an error; a trainer that let the wrapper hide
     `features` would train on slope features without a word.
     """
-    mixture = GaussianMixtureField.random(2, (8,), seed=0)
+    mixture = GaussianMixture.random(2, (8,), seed=0)
     field = Field("custom", (8,), torch.float64, [(mixture.edm, EDMPath())])
     settings = AmedSettings(num_steps=3, afs=False, features="bottleneck", loss=loss)
     trainer = AmedTrainer(AmedRunConfig(amed=settings), field, torch.device("cpu"))

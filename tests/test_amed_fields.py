@@ -17,8 +17,8 @@ from genkit.nets import UNetVelocity
 from genkit.predictors import load_predictor
 from genkit.train import flow
 from genkit.train.amed import AmedSettings
-from samplers import AMEDPredictor, CountingField, SamplerError, amed, amed_plugin
-from samplers.field import pooled_features
+from samplers import AMEDPredictor, CountingVelocity, SamplerError, amed, amed_plugin
+from samplers.velocity import pooled_features
 
 FLOW = {
     "task": "flow",
@@ -151,7 +151,7 @@ def test_a_diffusers_folder_is_a_field_with_bottleneck_features(diffusers_folder
         torch.testing.assert_close(velocity, loaded.edm(x, sigma))
     assert features.shape == (4, 64) and features.std() > 0
     settings = AmedSettings(features="bottleneck")
-    counting = CountingField(loaded.edm)
+    counting = CountingVelocity(loaded.edm)
     with torch.no_grad():
         out = amed(counting, x, settings.timesteps(), AMEDPredictor(features="bottleneck"))
     assert counting.nfe == 5 and out.isfinite().all()

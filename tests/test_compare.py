@@ -10,7 +10,7 @@ import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks, launch_on_two_ranks
 
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.metrics import FeatureStatistics
 from genkit.noise import initial_noise
 from samplers import reference, solve
@@ -44,7 +44,7 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
     table = json.loads((run / "comparison.json").read_text())
     columns, rows = table["columns"], table["rows"]
     assert [(r[1], r[4]) for r in rows] == [(s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (3, 6)]
-    field = GaussianMixtureField.random(4, (8,), seed=1, diagonal=True)
+    field = GaussianMixture.random(4, (8,), seed=1, diagonal=True)
     noise = 80 * initial_noise(list(range(40)), (8,), 2).double()
     target = reference(field.edm, noise, 80.0, 0.002, rtol=1e-9, atol=1e-9)
     for row in rows:
@@ -68,7 +68,7 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
     ("overrides", "expected"),
     [
         (["samplers.solvers=[euler,unipc]"], "samplers.solvers='unipc' is not valid"),
-        (["samplers.field.kind=flow_run", "samplers.field.path=runs/missing"], "holds no trained model"),
+        (["samplers.velocity.kind=flow_run", "samplers.velocity.path=runs/missing"], "holds no trained model"),
         (["samplers.metrics=[rmse,fd]"], "metric fd needs image samples"),
         (["samplers.metrics=[fd]", "samplers.extractor=torchscript"], "extractor: torchscript needs extractor_path"),
         (["samplers.metrics=[fd]", "samplers.extractor=inception"], "genkit does not download Inception weights"),

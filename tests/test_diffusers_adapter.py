@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from genkit import DiffusersField, GenkitError
+from genkit import DiffusersVelocity, GenkitError
 from samplers import euler
 
 
@@ -27,7 +27,7 @@ def unet():
 
 
 def test_sigma_timestep_round_trip():
-    field = DiffusersField(torch.nn.Identity(), DDPMScheduler())
+    field = DiffusersVelocity(torch.nn.Identity(), DDPMScheduler())
     alphas_cumprod = DDPMScheduler().alphas_cumprod.double()
     table = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
     steps = torch.arange(1000, dtype=torch.float64)
@@ -42,7 +42,7 @@ def test_sigma_timestep_round_trip():
 
 
 def test_epsilon_field_is_the_network_on_the_vp_input(unet):
-    field = DiffusersField(unet, DDPMScheduler())
+    field = DiffusersVelocity(unet, DDPMScheduler())
     x = 3 * torch.randn(3, 2, 8, 8, dtype=torch.float64)
     sigma = field.timestep_to_sigma(torch.tensor([10.0, 400.0, 990.0], dtype=torch.float64))
     vp_input = x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt()
@@ -54,11 +54,11 @@ def test_epsilon_field_is_the_network_on_the_vp_input(unet):
 
 def test_float64_states_drive_a_float32_unet(unet):
     """The reference solver integrates in float64 whatever the network's precision."""
-    single = DiffusersField(copy.deepcopy(unet).float(), DDPMScheduler())
+    single = DiffusersVelocity(copy.deepcopy(unet).float(), DDPMScheduler())
     x, sigma = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.tensor([0.5, 20.0], dtype=torch.float64)
     out = single(x, sigma)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, DiffusersField(unet, DDPMScheduler())(x, sigma), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, DiffusersVelocity(unet, DDPMScheduler())(x, sigma), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -72,7 +72,7 @@ def test_euler_on_ddim_sigmas_reproduces_the_ddim_loop(unet, prediction_type):
         for timestep in scheduler.timesteps:
             x = scheduler.step(unet(x, timestep).sample, timestep, x).prev_sample
 
-    field = DiffusersField(unet, scheduler)
+    field = DiffusersVelocity(unet, scheduler)
     # set_alpha_to_one: the last DDIM step lands on alpha_bar = 1, i.e. sigma = 0.
     sigmas = torch.cat([field.timestep_to_sigma(scheduler.timesteps.double()), torch.zeros(1, dtype=torch.float64)])
     with torch.no_grad():
@@ -85,4 +85,4 @@ def test_unsupported_prediction_type_is_a_clear_error():
     scheduler = DDPMScheduler()
     scheduler.register_to_config(prediction_type="flow")
     with pytest.raises(GenkitError, match="prediction_type 'flow'"):
-        DiffusersField(torch.nn.Identity(), scheduler)
+        DiffusersVelocity(torch.nn.Identity(), scheduler)

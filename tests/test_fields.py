@@ -10,13 +10,13 @@ import torch
 
 from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.paths import EDMPath, RectifiedPath
 from genkit.velocity import RectifiedAsEDM
 
 MEAN = torch.tensor([[0.5, -0.3, 0.1]], dtype=torch.float64)
 STD = torch.tensor([[0.2, 0.1, 0.3]], dtype=torch.float64)
-GAUSSIAN = GaussianMixtureField(MEAN, STD)
+GAUSSIAN = GaussianMixture(MEAN, STD)
 NOISE = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 SIGMA_MIN, SIGMA_MAX = EDMPath().sigma_min, EDMPath().sigma_max
 

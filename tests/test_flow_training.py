@@ -59,7 +59,7 @@ def accurate(model, z: torch.Tensor) -> torch.Tensor:
 
 
 def test_one_rectified_flow_learns_the_exact_velocity(reflow_run):
-    """Relative L2 error of v against GaussianMixtureField.rectified along true interpolations, t in [0.05, 0.95]."""
+    """Relative L2 error of v against GaussianMixture.rectified along true interpolations, t in [0.05, 0.95]."""
     folder, _ = reflow_run
     model = load_velocity_model(folder / "runs" / "toy" / "1-rf" / "model")
     mixture, generator = toy_mixture(), torch.Generator().manual_seed(3)

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 import samplers
 from genkit.errors import GenkitError
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.train.pairs import PairDataset, generate_pairs
 
-MIXTURE = GaussianMixtureField.random(3, (2,), seed=0)
+MIXTURE = GaussianMixture.random(3, (2,), seed=0)
 # 50 pairs in shards of 16: three full shards and a short last one; batches of 8 split every shard.
 SETTINGS = {"num_pairs": 50, "shard_size": 16, "seed": 3}
 BATCH_SIZE = 8

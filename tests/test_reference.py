@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from genkit import GaussianMixtureField, RectifiedAsEDM
+from genkit import GaussianMixture, RectifiedAsEDM
 from samplers import BASELINES, karras, logsnr, reference, solve, uniform
 
 
 def test_reference_matches_the_gaussian_closed_form():
     data_std = 0.5
     x = 80 * torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    field = GaussianMixtureField(torch.zeros(1, 5, dtype=torch.float64), torch.tensor([data_std]))
+    field = GaussianMixture(torch.zeros(1, 5, dtype=torch.float64), torch.tensor([data_std]))
     exact = x * math.sqrt((data_std**2 + 0.002**2) / (data_std**2 + 80**2))
     torch.testing.assert_close(
         reference(field.edm, x, 80.0, 0.002, rtol=1e-10, atol=1e-12), exact, rtol=1e-8, atol=1e-10
@@ -22,7 +22,7 @@ def test_reference_matches_the_gaussian_closed_form():
 @pytest.fixture(scope="module")
 def mixture_problem():
     """A 5-component diagonal mixture in 64 dimensions, its noise and its reference end state."""
-    field = GaussianMixtureField.random(5, (64,), seed=3, diagonal=True)
+    field = GaussianMixture.random(5, (64,), seed=3, diagonal=True)
     x = 80 * torch.randn(16, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return field, x, reference(field.edm, x, 80.0, 0.002, rtol=1e-10, atol=1e-10)
 
@@ -50,7 +50,7 @@ def test_rectified_field_reaches_the_same_data_in_either_time(mixture_problem):
 
 
 def test_rectified_sampling_from_noise_converges_to_the_reference():
-    field = GaussianMixtureField.random(4, (8,), seed=5)
+    field = GaussianMixture.random(4, (8,), seed=5)
     noise = torch.randn(32, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x_ref = reference(field.rectified, noise, 0.0, 1.0)
     errors = [
@@ -61,7 +61,7 @@ def test_rectified_sampling_from_noise_converges_to_the_reference():
 
 def test_schedules_are_what_sample_uses():
     seen = []
-    field = GaussianMixtureField.random(2, (3,), seed=0)
+    field = GaussianMixture.random(2, (3,), seed=0)
     x = torch.ones(1, 3, dtype=torch.float64)
     for schedule, expected in (("karras", karras(5)), ("logsnr", logsnr(5)), ("uniform", uniform(5))):
         seen.clear()
@@ -74,7 +74,7 @@ ORDERS = {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 2, "ipndm": 2}
 
 def test_measured_orders_on_an_image_sized_mixture():
     """At large NFE on 3x16x16: Euler first order; the rest second (iPNDM's equal-step weights on Karras steps)."""
-    field = GaussianMixtureField.random(8, (3, 16, 16), seed=0)
+    field = GaussianMixture.random(8, (3, 16, 16), seed=0)
     x = 80 * torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x_ref = reference(field.edm, x, 80.0, 0.002, rtol=1e-11, atol=1e-11)
     for name, order in ORDERS.items():

@@ -13,7 +13,7 @@ from launching import genkit
 from tiny_models import save_tiny_ddpm
 
 from genkit.fields import FieldConfig
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.schedules.file import load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.schedules.ld3 import learn_schedule
@@ -35,7 +35,7 @@ def euler_factor(t, t_next):
 
 
 def test_the_closed_form_field_is_the_one_component_mixture():
-    mixture = GaussianMixtureField(torch.zeros(1, 4), torch.tensor([S]))
+    mixture = GaussianMixture(torch.zeros(1, 4), torch.tensor([S]))
     x, sigma = torch.randn(5, 4, dtype=torch.float64), torch.linspace(0.01, 80, 5, dtype=torch.float64)
     assert torch.allclose(mixture.edm(x, sigma), gaussian_velocity(x, sigma), rtol=1e-12)
 

@@ -20,7 +20,7 @@ from genkit.noise import initial_noise
 from genkit.predictors import PREDICTOR_SCHEDULE
 from genkit.schedules.file import SavedSchedule, load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
-from samplers import CountingField, euler, reference
+from samplers import CountingVelocity, euler, reference
 from samplers.gits import local_errors, optimal_path
 from samplers.teacher import teacher_trajectory
 
@@ -49,7 +49,7 @@ def test_one_evaluation_solvers_cost_nothing_beyond_the_teacher_and_their_cost_i
     """The teacher's slope serves every step from its state; a two-stage solver evaluates once a pair (i, j)."""
     field = FieldConfig(**MIXTURE).load()
     velocity, path = field.form("karras")
-    counting = CountingField(velocity)
+    counting = CountingVelocity(velocity)
     teacher_times = path.timesteps("karras", 2 * 11 + 1)
     grid = teacher_times[::2]
     x = path.start(torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64))

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from genkit import GaussianMixtureField
+from genkit import GaussianMixture
 from samplers import (
     BASELINES,
     SOLVERS,
-    CountingField,
+    CountingVelocity,
     SamplerError,
     dpm_solver_2,
     dpmpp_2m,
@@ -97,7 +97,7 @@ def test_ipndm_order_one_is_euler_and_bad_order_is_refused(x):
 
 
 def test_first_dpmpp_2m_step_is_ddim_and_a_step_to_zero_returns_the_denoised(x):
-    gmm = GaussianMixtureField.random(3, (3,), seed=1)
+    gmm = GaussianMixture.random(3, (3,), seed=1)
     two = torch.tensor([5.0, 1.5], dtype=torch.float64)
     torch.testing.assert_close(dpmpp_2m(gmm.edm, x, two), euler(gmm.edm, x, two))
     to_zero = torch.tensor([0.7, 0.0], dtype=torch.float64)
@@ -105,7 +105,7 @@ def test_first_dpmpp_2m_step_is_ddim_and_a_step_to_zero_returns_the_denoised(x):
 
 
 def test_two_stage_solvers_take_an_euler_step_to_zero(x):
-    gmm = GaussianMixtureField.random(3, (3,), seed=1)
+    gmm = GaussianMixture.random(3, (3,), seed=1)
     to_zero = torch.tensor([0.7, 0.0], dtype=torch.float64)
     for solver in (heun, dpm_solver_2):
         torch.testing.assert_close(solver(gmm.edm, x, to_zero), euler(gmm.edm, x, to_zero))
@@ -120,7 +120,7 @@ def test_sigma_space_solvers_refuse_rectified_time(x):
 @pytest.mark.parametrize("name", BASELINES)
 def test_sample_spends_exactly_nfe(name, x):
     for nfe in range(1, 13):
-        counting = CountingField(gaussian_field)
+        counting = CountingVelocity(gaussian_field)
         if name in ("heun", "dpm_solver_2") and nfe % 2:
             with pytest.raises(SamplerError, match=f"nfe={nfe}"):
                 solve(counting, x, name, nfe)
@@ -134,7 +134,7 @@ def test_solver_nfe_counts_the_euler_step_to_zero():
     assert [SOLVERS[name].nfe(with_zero) for name in BASELINES] == [3, 5, 5, 3, 3]
     for name in BASELINES:
         solver = SOLVERS[name].function
-        counting = CountingField(gaussian_field)
+        counting = CountingVelocity(gaussian_field)
         solver(counting, torch.ones(2, 3, dtype=torch.float64), with_zero)
         assert counting.nfe == SOLVERS[name].nfe(with_zero)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.toys import EIGHT_GAUSSIAN_CENTRES, TOYS, toy_mixture
 
 N = 20_000
@@ -81,7 +81,7 @@ def test_two_moons_are_two_noisy_half_circles():
 
 def test_gmm_samples_its_fixed_mixture():
     field = toy_mixture()
-    assert isinstance(field, GaussianMixtureField) and field.shape == (2,)
+    assert isinstance(field, GaussianMixture) and field.shape == (2,)
     points = draw("gmm").double()
     weights = field.log_weights.exp()
     assert torch.allclose(weights, torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64))

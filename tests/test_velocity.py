@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from genkit import (
-    DenoiserField,
+    DenoiserVelocity,
     EDMPath,
-    GaussianMixtureField,
+    GaussianMixture,
     GenkitError,
-    GradientField,
+    GradientVelocity,
     RectifiedAsEDM,
     RectifiedPath,
 )
@@ -18,7 +18,7 @@ from genkit import (
 
 @pytest.fixture(params=[False, True], ids=["isotropic", "diagonal"])
 def mixture(request):
-    return GaussianMixtureField.random(4, (2, 3), seed=7, diagonal=request.param)
+    return GaussianMixture.random(4, (2, 3), seed=7, diagonal=request.param)
 
 
 @pytest.fixture
@@ -69,7 +69,9 @@ def test_rectified_velocity_at_noise_points_to_the_data_mean(mixture, points):
 def test_adapters_agree_with_the_closed_form(mixture, points):
     x, u = points
     sigma = 20 * u
-    torch.testing.assert_close(DenoiserField(mixture.denoiser)(x, sigma), mixture.edm(x, sigma), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        DenoiserVelocity(mixture.denoiser)(x, sigma), mixture.edm(x, sigma), rtol=1e-10, atol=1e-12
+    )
     torch.testing.assert_close(
         RectifiedAsEDM(mixture.rectified)(x, sigma), mixture.edm(x, sigma), rtol=1e-9, atol=1e-10
     )
@@ -81,7 +83,7 @@ def test_edm_velocity_is_finite_and_zero_at_sigma_zero(mixture, points):
 
 
 def test_samples_have_the_mixture_moments():
-    mixture = GaussianMixtureField.random(3, (4,), seed=2, diagonal=True)
+    mixture = GaussianMixture.random(3, (4,), seed=2, diagonal=True)
     draws = mixture.sample(200_000, generator=torch.Generator().manual_seed(0))
     weights = mixture.log_weights.exp()[:, None]
     mean = (weights * mixture.means).sum(0)
@@ -92,16 +94,16 @@ def test_samples_have_the_mixture_moments():
 
 def test_mixture_rejects_bad_parameters():
     with pytest.raises(GenkitError, match="stds must have shape"):
-        GaussianMixtureField(torch.zeros(2, 3), torch.ones(3))
+        GaussianMixture(torch.zeros(2, 3), torch.ones(3))
     with pytest.raises(GenkitError, match="positive"):
-        GaussianMixtureField(torch.zeros(2, 3), torch.tensor([1.0, -1.0]))
+        GaussianMixture(torch.zeros(2, 3), torch.tensor([1.0, -1.0]))
     with pytest.raises(GenkitError, match="shape"):
-        GaussianMixtureField(torch.zeros(2, 3), torch.ones(2)).edm(torch.zeros(1, 4), torch.ones(1))
+        GaussianMixture(torch.zeros(2, 3), torch.ones(2)).edm(torch.zeros(1, 4), torch.ones(1))
 
 
 def test_gradient_field_of_a_quadratic_potential():
     matrix = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
-    field = GradientField(lambda x: -0.5 * ((x @ matrix) * x).sum(-1))
+    field = GradientVelocity(lambda x: -0.5 * ((x @ matrix) * x).sum(-1))
     x = torch.randn(5, 2, dtype=torch.float64)
     torch.testing.assert_close(field(x, torch.zeros(5)), -x @ matrix)
     assert not field(x, torch.zeros(5)).requires_grad

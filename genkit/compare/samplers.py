@@ -44,7 +44,7 @@ from genkit.progress import progress
 from genkit.runs import Run
 from genkit.schedules.file import SavedSchedule, load_schedule
 from genkit.tracking import RunLog
-from genkit.velocity import VelocityModel
+from genkit.velocity import Velocity
 
 METRICS = ("rmse", *DISTANCES)
 DEFAULT_SCHEDULE = "default"  # each solver's usual schedule on the field (Field.default_schedule)
@@ -148,7 +148,7 @@ class Cell:
 class EvaluationBar:
     """A velocity that moves a progress bar by one at each evaluation: an adaptive solve's count is not known ahead."""
 
-    def __init__(self, velocity: VelocityModel, bar):
+    def __init__(self, velocity: Velocity, bar):
         self.velocity, self.bar = velocity, bar
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

@@ -11,9 +11,8 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from genkit.errors import GenkitError
+from genkit.nets.mlp import TIME_SCALE
 from genkit.velocity import with_bottleneck
-
-TIME_SCALE = 999
 
 
 class UNetVelocity(nn.Module):

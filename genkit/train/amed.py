@@ -38,7 +38,7 @@ from genkit.data import build_dataset
 from genkit.errors import GenkitError
 from genkit.fields import Field, FieldConfig
 from genkit.files import atomic
-from genkit.gaussian_mixture import GaussianMixtureField
+from genkit.gaussian_mixture import GaussianMixture
 from genkit.paths import nested_timesteps
 from genkit.predictors import PREDICTOR_SCHEDULE, LearnedTimesteps, PredictorModel, PredictorSettings
 from genkit.runs import Run
@@ -133,7 +133,7 @@ def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
     STATISTICS_SAMPLES items) gives them; a mixture gives them in closed form.
     """
     if config.kind == "mixture":
-        mixture = GaussianMixtureField.random(config.components, tuple(config.shape), config.seed, config.diagonal)
+        mixture = GaussianMixture.random(config.components, tuple(config.shape), config.seed, config.diagonal)
         weights = mixture.log_weights.exp()[:, None]
         mean = (weights * mixture.means).sum(0)
         variance = (weights * (mixture.variances + mixture.means**2)).sum(0) - mean**2

@@ -27,6 +27,7 @@ from genkit.metrics import energy_distance, sliced_wasserstein
 from genkit.models import save_gan
 from genkit.nets.gan import CRITICS, GENERATORS, MONOTONE, CriticPotential
 from genkit.noise import generator as seeded
+from genkit.paths import broadcast_time
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from tokenizers_img.precision import at_least_float32
@@ -203,7 +204,7 @@ class GanTrainer:
         d_real, d_fake = at_least_float32(critic(real)), at_least_float32(critic(fake))
         if self.gan.method == "monoflow":
             return {"critic": logistic_loss(d_real, d_fake)}
-        t_x = t.reshape(-1, *[1] * (real.ndim - 1))
+        t_x = broadcast_time(t, real)
         centre = 1.0 if self.gan.method == "wgan_gp" else 0.0
         penalty = gradient_penalty(context.unwrap("critic"), t_x * real + (1 - t_x) * fake, centre)
         wasserstein = d_real.mean() - d_fake.mean()

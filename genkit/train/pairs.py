@@ -26,7 +26,7 @@ from genkit.errors import GenkitError
 from genkit.files import atomic, write_json
 from genkit.noise import generator
 from genkit.progress import progress
-from samplers.field import Field
+from samplers.velocity import Velocity
 
 # As the RectifiedFlow code generates its pairs: scipy RK45 at rtol = atol = 1e-5. Reflow needs an accurate
 # solve; a coarse one bakes solver error into the coupling (docs/rectified_flow.md §8).
@@ -46,7 +46,7 @@ def _shard_noise(seed: int, index: int, count: int, shape: tuple[int, ...]) -> T
     return torch.randn((count, *shape), generator=generator(seed, index))
 
 
-def _solve(field: Field, z: Tensor, solver: str, nfe: int) -> Tensor:
+def _solve(field: Velocity, z: Tensor, solver: str, nfe: int) -> Tensor:
     """x(1) of dx/dt = field(x, t) from x(0) = z."""
     if solver == "reference":
         return samplers.reference(
@@ -121,7 +121,7 @@ def check_solver(solver: str, nfe: int) -> None:
 
 
 def generate_pairs(
-    field: Field,
+    field: Velocity,
     shape: tuple[int, ...],
     folder: Path,
     num_pairs: int,

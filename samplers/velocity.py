@@ -12,7 +12,7 @@ from torch import Tensor
 
 from samplers.errors import SamplerError
 
-Field = Callable[[Tensor, Tensor], Tensor]
+Velocity = Callable[[Tensor, Tensor], Tensor]
 FEATURE_SIZE = 64
 
 
@@ -21,7 +21,7 @@ def pooled_features(activation: Tensor) -> Tensor:
     return F.adaptive_avg_pool2d(activation.mean(1, keepdim=True).float(), 8).flatten(1)
 
 
-def velocity_and_bottleneck(field: Field, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+def velocity_and_bottleneck(field: Velocity, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """field(x, t) and its 64 bottleneck features, from the field's `velocity_and_bottleneck` method."""
     method = getattr(field, "velocity_and_bottleneck", None)
     if method is None:
