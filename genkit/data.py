@@ -44,9 +44,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode, resize
 
-from genkit.checkpoint import write_text
 from genkit.config import ranged
 from genkit.errors import GenkitError
+from genkit.files import cache_dir, write_text
 from genkit.processes import process_state
 from genkit.toys import TOYS
 
@@ -346,16 +346,10 @@ def _unreadable(path: Path, size: int) -> str | None:
     return None
 
 
-def _genkit_cache_dir() -> Path:
-    """`$GENKIT_CACHE`, else ~/.cache/genkit: the folder genkit.features.cache_dir names too."""
-    # Not imported from genkit.features, which imports this module through genkit.digits.
-    return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
-
-
 def folder_index_path(root: Path) -> Path:
     """The index file of checked images of the folder `root`, named by a hash of its resolved path."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return _genkit_cache_dir() / "folder_index" / f"{digest}.json"
+    return cache_dir() / "folder_index" / f"{digest}.json"
 
 
 def _read_index(path: Path) -> dict[str, tuple[int, int, str | None]]:

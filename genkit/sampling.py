@@ -38,6 +38,7 @@ import samplers
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.fields import load_flow_run
+from genkit.files import atomic
 from genkit.metrics import as_uint8
 from genkit.models import load_gan
 from genkit.noise import initial_noise
@@ -181,11 +182,13 @@ def npz_writer(path: Path, num: int, shape: tuple[int, ...]) -> Iterator[Callabl
     """
     channels, height, width = shape
     header = {"descr": "|u1", "fortran_order": False, "shape": (num, height, width, channels)}
-    partial = path.with_name(f"{path.name}.partial")
-    with zipfile.ZipFile(partial, "w") as archive, archive.open("arr_0.npy", "w", force_zip64=True) as entry:
+    with (
+        atomic(path) as partial,
+        zipfile.ZipFile(partial, "w") as archive,
+        archive.open("arr_0.npy", "w", force_zip64=True) as entry,
+    ):
         np.lib.format.write_array_header_1_0(entry, header)
         yield lambda batch: entry.write(channels_last_uint8(batch).numpy().tobytes())
-    partial.replace(path)
 
 
 def sample_writer(
