@@ -47,7 +47,7 @@ from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from samplers import BASELINES, SOLVERS, amed, dpm_solver_2
 from samplers.amed import amed_plugin_step
-from samplers.teacher import teacher_trajectory
+from samplers.teacher import TEACHER, teacher_trajectory
 
 VALIDATION_SAMPLES = 64
 AFS_FROM = ("zero_mean", "data")
@@ -63,7 +63,7 @@ class AmedSettings(PredictorSettings):
     assumes of the data (`afs_from`: zero_mean, or data for the Gaussian with the training data's statistics), the
     loss (greedy per interval, or end_to_end at the last time), and whether the timesteps are learned with it."""
 
-    teacher: str = "heun"
+    teacher: str = TEACHER
     teacher_steps: int = ranged(1, minimum=0)
     schedule_file: str = ""
     afs_from: str = "zero_mean"
