@@ -68,7 +68,7 @@ def test_the_table_holds_a_row_a_cell_with_the_metrics_computed_directly(tmp_pat
     ("overrides", "expected"),
     [
         (["samplers.solvers=[euler,unipc]"], "samplers.solvers='unipc' is not valid"),
-        (["samplers.velocity.kind=flow_run", "samplers.velocity.path=runs/missing"], "holds no trained model"),
+        (["samplers.field.kind=flow_run", "samplers.field.path=runs/missing"], "holds no trained model"),
         (["samplers.metrics=[rmse,fd]"], "metric fd needs image samples"),
         (["samplers.metrics=[fd]", "samplers.extractor=torchscript"], "extractor: torchscript needs extractor_path"),
         (["samplers.metrics=[fd]", "samplers.extractor=inception"], "genkit does not download Inception weights"),
