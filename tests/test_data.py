@@ -14,16 +14,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from genkit.config import load_config
-from genkit.data import (
-    SOURCES,
-    TRAIN_PHOTOS,
-    VAL_PHOTOS,
-    DataConfig,
-    _photo,
-    build_dataset,
-    data_shape,
-    image_channels,
-)
+from genkit.data import SOURCES, DataConfig, build_dataset, data_shape, image_channels
+from genkit.data.shipped import TRAIN_PHOTOS, VAL_PHOTOS, _photo
 from genkit.errors import GenkitError
 from genkit.nets import TimeMLP
 from genkit.toys import TOYS

@@ -13,7 +13,7 @@ import torch
 from accelerate import PartialState, debug_launcher
 from PIL import Image
 
-import genkit.data
+import genkit.data.folder
 from genkit.data import IMAGE_SUFFIXES, DataConfig, build_dataset, checked_images, folder_index_path, load_rgb
 from genkit.errors import GenkitError
 from genkit.processes import process_state
@@ -219,10 +219,10 @@ def test_a_random_resized_crop_takes_its_part_from_the_whole_image(tmp_path):
 
 
 class CountingCheck:
-    """Stands in for genkit.data._unreadable and records the files it is asked about."""
+    """Stands in for genkit.data.folder._unreadable and records the files it is asked about."""
 
     def __init__(self):
-        self.original, self.names = genkit.data._unreadable, []
+        self.original, self.names = genkit.data.folder._unreadable, []
 
     def __call__(self, path: Path, size: int) -> str | None:
         self.names.append(path.name)
@@ -232,7 +232,7 @@ class CountingCheck:
 @pytest.fixture
 def counting(monkeypatch) -> CountingCheck:
     check = CountingCheck()
-    monkeypatch.setattr(genkit.data, "_unreadable", check)
+    monkeypatch.setattr(genkit.data.folder, "_unreadable", check)
     return check
 
 
@@ -282,7 +282,11 @@ def test_a_corrupt_index_is_rebuilt(tmp_path, counting, content):
     assert len(build_dataset(config, "train")) == 2
     assert sorted(counting.names) == ["00.png", "01.png", "02.png"]
     index = json.loads(folder_index_path(tmp_path).read_text())
-    assert index["version"] == genkit.data.INDEX_VERSION and set(index["files"]) == {"00.png", "01.png", "02.png"}
+    assert index["version"] == genkit.data.folder.INDEX_VERSION and set(index["files"]) == {
+        "00.png",
+        "01.png",
+        "02.png",
+    }
 
 
 def test_an_unwritable_cache_is_a_warning_not_a_crash(tmp_path, monkeypatch):
@@ -300,7 +304,7 @@ def build_on_rank(root: str, out: str) -> None:
     PartialState._reset_state()  # the fork inherits the parent's single-process state; join the launched group
     state = process_state()
     check = CountingCheck()
-    genkit.data._unreadable = check  # this forked rank only
+    genkit.data.folder._unreadable = check  # this forked rank only
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         config = DataConfig(source="folder", path=root, image_size=4)
