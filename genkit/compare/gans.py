@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from genkit.compare.output import Shared, log_grid
 from genkit.compare.scoring import SampleScorer
@@ -54,7 +55,7 @@ class GanComparison:
     x_axis, line_keys, plotted = "run", ("method",), ()
 
     def __init__(self, section: GanRuns, shared: Shared, accelerator: Accelerator, run_dir: Path):
-        self.section, self.shared = section, shared
+        self.section, self.shared, self.accelerator = section, shared, accelerator
         self.runs = [Run(run) for run in section.runs] + [
             train_or_reuse(spec, shared.run_overrides) for spec in section.train
         ]
@@ -75,7 +76,7 @@ class GanComparison:
         generator, _ = config.model.build(data_shape(config.data))
         with torch.no_grad():
             init = generator(noise)
-        floor = self.scorer.floor(len(noise))
+        floor = self.scorer.floor(self.shared.num_samples)
         return [
             {"method": "floor", "run": "train data"} | floor,
             {"method": "init", "run": "untrained"} | self.scorer.score(init),
@@ -84,10 +85,14 @@ class GanComparison:
     def table(self, log: RunLog, run_dir: Path) -> tuple[list[dict], dict]:
         shared, section = self.shared, self.section
         protocol = {"num_samples": shared.num_samples, "seed": shared.seed, **self.scorer.protocol()}
+        protocol["processes"] = self.accelerator.num_processes  # each scores its share of the samples
         rows = []
         for run in self.runs:
-            gan = load_gan(run.model)
-            noise = initial_noise(list(range(shared.num_samples)), (gan.generator.config.latent_dim,), shared.seed)
+            gan = load_gan(run.model).to(self.accelerator.device)
+            # This process's share of the samples: the scorer sums feature statistics and gathers points over processes.
+            with self.accelerator.split_between_processes(list(range(shared.num_samples))) as indices:
+                latent = (gan.generator.config.latent_dim,)
+                noise = initial_noise(indices, latent, shared.seed).to(self.accelerator.device)
             if section.baselines and not rows:
                 rows += self.baseline_rows(noise)
             with torch.no_grad():
@@ -98,5 +103,7 @@ class GanComparison:
             for size in section.refine_sizes:
                 refined = refine(gan.critic_field(), samples, section.refine_steps, size).detach()
                 rows.append(run_row | {"refine_step_size": size} | self.scorer.score(refined))
-            log_grid(log, run_dir, run.name, samples[: shared.grid_samples] if self.images else samples)
+            # The main process holds the first samples; a scatter of points shows every process's.
+            shown = samples[: shared.grid_samples] if self.images else torch.cat(gather_object([samples.cpu()]))
+            log_grid(log, run_dir, run.name, shown)
         return rows, protocol
