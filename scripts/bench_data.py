@@ -4,19 +4,15 @@ Generates --images small images (JPEG and PNG in nested folders, one in 500 brok
 index in a temporary GENKIT_CACHE; prints a table and writes runs/bench_data.json.
 """
 
-import argparse
-import json
 import os
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from genkit.compare.output import print_table, script_parser, wall_seconds, write_report
 from genkit.data import DataConfig, build_dataset
 
 BAD_EVERY = 500  # one file in BAD_EVERY is broken: a JPEG cut in half or emptied, alternately
@@ -25,7 +21,6 @@ BAD_EVERY = 500  # one file in BAD_EVERY is broken: a JPEG cut in half or emptie
 def write_images(root: Path, count: int, size: int) -> int:
     """`count` images of `size` px (half JPEG, half PNG, 100 per folder) under `root`; returns how many are broken."""
     generator = np.random.default_rng(0)
-    broken = 0
     for index in range(count):
         folder = root / f"{index // 100:04d}"
         folder.mkdir(exist_ok=True)
@@ -36,19 +31,11 @@ def write_images(root: Path, count: int, size: int) -> int:
         image.save(path)
         if index % BAD_EVERY == BAD_EVERY - 1:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if index // BAD_EVERY % 2 else b"")
-            broken += 1
-    return broken
+    return count // BAD_EVERY  # the indices BAD_EVERY - 1, 2 BAD_EVERY - 1, ... below count
 
 
-def seconds(function: Callable[[], object]) -> float:
-    """Wall time of one call of `function`."""
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+if __name__ == "__main__":
+    parser = script_parser(__doc__)
     parser.add_argument("--images", type=int, default=10000, help="images to generate (default 10000)")
     parser.add_argument("--size", type=int, default=64, help="side of each generated image in px (default 64)")
     parser.add_argument("--image-size", type=int, default=32, help="data.image_size the check decodes for")
@@ -59,23 +46,15 @@ def main() -> None:
         os.environ["GENKIT_CACHE"] = str(Path(temporary) / "cache")
         broken = write_images(root, args.images, args.size)
         config = DataConfig(source="folder", path=str(root), image_size=args.image_size)
-        build = partial(build_dataset, config, "train")
         times = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the broken files' warning, once per scan
-            times["first scan, cold index"] = seconds(build)
-            times["second start, warm index"] = seconds(build)
-            times["other split (val), warm index"] = seconds(partial(build_dataset, config, "val"))
+            times["first scan, cold index"] = wall_seconds(build_dataset, config, "train")
+            times["second start, warm index"] = wall_seconds(build_dataset, config, "train")
+            times["other split (val), warm index"] = wall_seconds(build_dataset, config, "val")
             skipped = args.images - len(build_dataset(config, "train")) - len(build_dataset(config, "val"))
-    print(f"{args.images} images of {args.size} px, {broken} broken, {skipped} skipped; image_size {args.image_size}")
-    print(f"{'':36} {'seconds':>8} {'images/s':>10}")
-    for name, value in times.items():
-        print(f"{name:36} {value:8.3f} {args.images / value:10.0f}")
-    Path("runs").mkdir(exist_ok=True)
-    result = {"images": args.images, "size": args.size, "image_size": args.image_size, "cpus": os.cpu_count()}
-    result |= {"broken": broken, "skipped": skipped, "seconds": times}
-    Path("runs/bench_data.json").write_text(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    title = f"{args.images} images of {args.size} px, {broken} broken, {skipped} skipped; image_size {args.image_size}"
+    table = {name: {"seconds": value, "images/s": args.images / value} for name, value in times.items()}
+    print_table(title, table, ("seconds", "images/s"), {"seconds": ".3f", "images/s": ".0f"})
+    result = vars(args) | {"cpus": os.cpu_count(), "broken": broken, "skipped": skipped, "seconds": times}
+    write_report(Path("runs/bench_data.json"), result)

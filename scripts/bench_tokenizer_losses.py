@@ -7,14 +7,13 @@ second half of training), with the spread (max - min over the seeds) of each. `-
 runs/bench_tokenizer_losses.json.
 """
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
 from genkit import compare
+from genkit.compare.output import chosen, print_table, script_parser, write_report
 from genkit.config import load_config
-from genkit.files import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 LOSSES = ("l1", "perceptual", "adversarial", "gan")  # gan: the adversarial term without the perceptual one
@@ -39,26 +38,16 @@ def by_loss(result: dict, run_root: Path) -> dict[str, dict[str, list[float]]]:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("digits", "crops"), help="one data set")
-    only = parser.parse_args().only
-    data_sets = [only] if only else ["digits", "crops"]
+if __name__ == "__main__":
+    only = script_parser(__doc__, only=("digits", "crops")).parse_args().only
     report = {}
-    for data in data_sets:
-        config = load_config(REPO / f"configs/compare/bench_tokenizer_losses_{data}.yaml")
-        result = compare.run(config)
+    for data in chosen(("digits", "crops"), only):
+        result = compare.run(load_config(REPO / f"configs/compare/bench_tokenizer_losses_{data}.yaml"))
         report[data] = table = by_loss(result, REPO / "runs" / "bench_tokenizer_losses")
         distance = "rFD (digits)" if data == "digits" else "rFID (Inception)"
-        print(f"\n{data}: mean (spread) over seeds; {distance} in the rfd column")
-        print(f"{'loss':<12}" + "".join(f"{column:>24}" for column in COLUMNS))
-        for loss in LOSSES:
-            cells = [(statistics.mean(v), max(v) - min(v)) for v in (table[loss][c] for c in COLUMNS)]
-            print(f"{loss:<12}" + "".join(f"{f'{mean:.4g} ({spread:.2g})':>24}" for mean, spread in cells))
-    output = REPO / "runs" / "bench_tokenizer_losses.json"
-    write_json(output, report)
-    print(f"\nwrote {output}")
-
-
-if __name__ == "__main__":
-    main()
+        spread = {
+            loss: {c: f"{statistics.mean(v):.4g} ({max(v) - min(v):.2g})" for c, v in table[loss].items()}
+            for loss in LOSSES
+        }
+        print_table(f"{data}: mean (spread) over seeds; {distance} in the rfd column", spread, COLUMNS, width=24)
+    write_report(REPO / "runs" / "bench_tokenizer_losses.json", report)

@@ -10,7 +10,6 @@ Usage: `genkit compare configs/compare/bench_tokenizers.yaml` (FSQ and VQ at 2^8
 Writes runs/bench_tokenizers.json.
 """
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -19,14 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from genkit import compare
+from genkit.compare.output import print_table, script_parser, wall_seconds, write_report
 from genkit.compare.training import RunSpec
 from genkit.config import load_config
-from genkit.files import write_json
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (2**8, 2**10, 2**12, 2**14)
+SPEED_FORMATS = {"ours": ".3g", "theirs": ".3g", "ours/theirs": ".2f"}  # identical: "yes" or "NO" (FSQ only)
 
 
 def pairs(vqp) -> dict[str, tuple[nn.Module, nn.Module, int]]:
@@ -38,10 +38,8 @@ def pairs(vqp) -> dict[str, tuple[nn.Module, nn.Module, int]]:
         torch.manual_seed(0)
         ours = VectorQuantizer(size, 32, beta=0.25, ema=True, decay=0.99)
         torch.manual_seed(0)
-        theirs = vqp.VectorQuantize(
-            dim=32, codebook_size=size, decay=0.99, commitment_weight=0.25, rotation_trick=False
-        )
-        built[f"vq {size}"] = (ours, theirs, 32)
+        vq = vqp.VectorQuantize(dim=32, codebook_size=size, decay=0.99, commitment_weight=0.25, rotation_trick=False)
+        built[f"vq {size}"] = (ours, vq, 32)
     return {key: (ours.train(), theirs.train(), dim) for key, (ours, theirs, dim) in built.items()}
 
 
@@ -51,13 +49,6 @@ def outputs(quantizer: nn.Module, inputs: Tensor) -> tuple[tuple, Tensor]:
     result = quantizer(inputs)
     (result[0].sum() + (result[2] if len(result) > 2 else 0.0)).backward()
     return result, inputs.grad
-
-
-def seconds(quantizer: nn.Module, inputs: Tensor) -> float:
-    """Wall time of one forward + backward."""
-    start = time.perf_counter()
-    outputs(quantizer, inputs)
-    return time.perf_counter() - start
 
 
 def throughput() -> dict[str, dict[str, float]] | None:
@@ -74,7 +65,7 @@ def throughput() -> dict[str, dict[str, float]] | None:
     for key, (ours, theirs, dim) in built.items():
         for round_ in range(12):  # two warm-up rounds, then ten timed ones
             for who, quantizer in (("ours", ours), ("theirs", theirs)):
-                value = [seconds(quantizer, inputs[dim]) for _ in range(3)]
+                value = [wall_seconds(outputs, quantizer, inputs[dim]) for _ in range(3)]
                 times.setdefault((key, who), []).extend(value if round_ >= 2 else [])
     table = {key: {who: 4096 / statistics.median(times[key, who]) for who in ("ours", "theirs")} for key in built}
     for key, row in table.items():
@@ -85,36 +76,28 @@ def throughput() -> dict[str, dict[str, float]] | None:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+if __name__ == "__main__":
+    parser = script_parser(__doc__)
     parser.add_argument("--vq-restart", action="store_true", help="add VQ with dead-code restarts (threshold 1.0)")
     kinds = ("fsq", "vq", "vqr") if parser.parse_args().vq_restart else ("fsq", "vq")
     start = time.perf_counter()
     speed = throughput()
     if speed is not None:
-        print(f"\n{'vectors/s':<12}{'ours':>12}{'theirs':>12}{'ours/theirs':>13}  identical outputs")
-        for key, row in speed.items():
-            same = {True: "yes", False: "NO"}.get(row.get("identical"), "-")
-            print(f"{key:<12}{row['ours']:>12.3g}{row['theirs']:>12.3g}{row['ours/theirs']:>13.2f}  {same}")
+        table = {
+            key: row | {"identical": {True: "yes", False: "NO"}.get(row.get("identical"))} for key, row in speed.items()
+        }
+        print_table("vectors/s", table, ("ours", "theirs", "ours/theirs", "identical"), SPEED_FORMATS, width=13)
     config = load_config(REPO / "configs/compare/bench_tokenizers.yaml")
     for size in SIZES if "vqr" in kinds else ():  # the vq runs of the config, with restarts
         restart = ["model.quantizer.kind=vq", f"model.quantizer.codebook_size={size}", "model.latent_dim=8"]
         restart += ["model.quantizer.dead_code_threshold=1.0", f"name=vqr_{size}"]
         config.tokenizers.train.append(RunSpec("tokenizer/demo", restart))
-    result = compare.run(config)
-    rows = compare.cells(result)
-    usage = {
-        row["run"]: {key: row[key] for key in ("codebook_size", "codebook_usage", "psnr", "train_seconds")}
-        for row in rows
+    columns = ("codebook_size", "codebook_usage", "psnr", "train_seconds")
+    usage = {row["run"]: {key: row[key] for key in columns} for row in compare.cells(compare.run(config))}
+    table = {
+        kind: {size: "{codebook_usage:.1%} / {psnr:.2f}".format(**usage[f"{kind}_{size}"]) for size in SIZES}
+        for kind in kinds
     }
-    print(f"\n{'usage / PSNR dB':<16}" + "".join(f"{f'2^{size.bit_length() - 1}':>16}" for size in SIZES))
-    for kind in kinds:
-        cells = [usage[f"{kind}_{size}"] for size in SIZES]
-        print(f"{kind:<16}" + "".join(f"{c['codebook_usage']:>9.1%} / {c['psnr']:.2f}" for c in cells))
-    output = REPO / "runs" / "bench_tokenizers.json"
-    write_json(output, {"throughput_vectors_per_second": speed, "usage": usage, "torch": torch.__version__})
-    print(f"\nwrote {output} in {time.perf_counter() - start:.1f} s")
-
-
-if __name__ == "__main__":
-    main()
+    print_table("usage / PSNR dB", table, SIZES, width=16, headers=[f"2^{size.bit_length() - 1}" for size in SIZES])
+    result = {"throughput_vectors_per_second": speed, "usage": usage, "torch": torch.__version__}
+    write_report(REPO / "runs" / "bench_tokenizers.json", result, start)

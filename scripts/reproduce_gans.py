@@ -7,14 +7,15 @@ whether following its critic's field for 5 Euler steps helps ("helps" when the r
 runs/reproduce_gans.json (or _quick).
 """
 
-import argparse
 from pathlib import Path
 
 from genkit import compare
+from genkit.compare.output import chosen, script_parser, write_report
+from genkit.compare.scoring import DISTANCES
 from genkit.config import load_config
-from genkit.files import write_json
 
 REPO = Path(__file__).resolve().parent.parent
+DATA = {"toys": ("8gaussians", "moons"), "mnist": ("mnist5k",)}
 QUICK = [
     "run_overrides=[output_dir=runs/reproduce_gans_quick,train.tracker=none,train.steps=10,train.log_every=5,"
     "train.eval_every=10,train.checkpoint_every=10]"
@@ -23,7 +24,7 @@ QUICK = [
 
 def table(result: dict) -> dict[str, dict]:
     """method (or floor/init) -> {distances of its samples, refined_<size>: distances after refinement, seconds}."""
-    rows, metric_columns = {}, [c for c in result["columns"] if c in ("sw", "ed", "modes", "near", "fd")]
+    rows, metric_columns = {}, [c for c in result["columns"] if c in DISTANCES]
     for cell in compare.cells(result):
         scores = {metric: cell[metric] for metric in metric_columns}
         name = cell["method"] if cell["method"] in ("floor", "init") else cell["run"]
@@ -38,30 +39,18 @@ def print_rows(data: str, rows: dict[str, dict], metric: str) -> None:
     print(f"{'':<40}{metric.upper():>9}" + "".join(f"{'@' + s.removeprefix('refined_'):>10}{'':>7}" for s in sizes))
     for name, row in rows.items():
         line = f"{name:<40}{row['samples'][metric]:>9.4g}"
-        for size in sizes:
-            if size in row:
-                refined = row[size][metric]
-                line += f"{refined:>10.4g}{'helps' if refined < row['samples'][metric] else '':>7}"
+        for size in (size for size in sizes if size in row):
+            refined = row[size][metric]
+            line += f"{refined:>10.4g}{'helps' if refined < row['samples'][metric] else '':>7}"
         print(line + ("" if row["train_seconds"] is None else f"{row['train_seconds']:>8.0f} s"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("toys", "mnist"), default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run, meaningless numbers")
-    args = parser.parse_args()
-    data_sets = {"toys": ("8gaussians", "moons"), "mnist": ("mnist5k",)}
-    results = {}
-    for part, names in data_sets.items():
-        for data in names if args.only in (None, part) else ():
-            config = load_config(REPO / f"configs/compare/reproduce_gans_{data}.yaml", QUICK if args.quick else [])
-            config.name += "-quick" if args.quick else ""
-            results[data] = table(compare.run(config))
-            print_rows(data, results[data], "fd" if part == "mnist" else "sw")
-    output = REPO / "runs" / ("reproduce_gans_quick.json" if args.quick else "reproduce_gans.json")
-    write_json(output, results)
-    print(f"\nwrote {output}")
-
-
 if __name__ == "__main__":
-    main()
+    args = script_parser(__doc__, only=DATA, quick=True).parse_args()
+    results = {}
+    for data in chosen(DATA, args.only):
+        config = load_config(REPO / f"configs/compare/reproduce_gans_{data}.yaml", QUICK if args.quick else [])
+        config.name += "-quick" if args.quick else ""
+        results[data] = table(compare.run(config))
+        print_rows(data, results[data], "fd" if data in DATA["mnist"] else "sw")
+    write_report(REPO / "runs" / ("reproduce_gans_quick.json" if args.quick else "reproduce_gans.json"), results)

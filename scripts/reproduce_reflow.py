@@ -9,12 +9,12 @@ larger than the floor (train data against the held-out data) counts as "equal". 
 smoke run (tiny budgets, its own folders). Results go to runs/reproduce_reflow.json (or _quick).
 """
 
-import argparse
 from pathlib import Path
 
 from genkit import compare
+from genkit.compare.output import chosen, print_table, script_parser, write_report
+from genkit.compare.scoring import DISTANCES
 from genkit.config import load_config
-from genkit.files import write_json
 from genkit.runs import Run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ QUICK = ["train.steps=20", "reflow_steps=10", "distill_steps=10", "pairs.num_pai
 
 def stage_table(result: dict, run: Path) -> tuple[dict[str, dict], dict]:
     """stage -> {metric@1, @2, @4, @ode, NFE ode, straightness, train s}, and the floor's metrics."""
-    metrics = [c for c in result["columns"] if c in ("sw", "ed", "modes", "near", "fd")]
+    metrics = [c for c in result["columns"] if c in DISTANCES]
     stages, floor = {}, {}
     for cell in compare.cells(result):
         if cell["method"].startswith("floor"):
@@ -46,9 +46,7 @@ def change(before: float, after: float, floor: float) -> str:
 def report(data: str, stages: dict[str, dict], floor: dict) -> dict[str, str]:
     """Print the data set's table and its trend against the paper's; the trend."""
     columns = [key for key in next(iter(stages.values())) if key != "train s"] + ["train s"]
-    print(f"\n{data}\n{'':<14}" + "".join(f"{column:>13}" for column in columns))
-    for stage, label in STAGES.items():
-        print(f"{label:<14}" + "".join(f"{stages[stage][c]:>13.4g}" for c in columns))
+    print_table(data, {label: stages[stage] for stage, label in STAGES.items()}, columns, width=13)
     print(f"{'floor':<14}" + "".join(f"{key}@train {value:.4g}   " for key, value in floor.items()))
     metric = "fd" if "fd" in floor else "sw"
     one = [stages[stage][f"{metric}@1"] for stage in STAGES]
@@ -67,25 +65,15 @@ def report(data: str, stages: dict[str, dict], floor: dict) -> dict[str, str]:
     return trend
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=tuple(DATA), default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run, meaningless numbers")
-    args = parser.parse_args()
-    results = {}
-    for part, names in DATA.items():
-        for data in names if args.only in (None, part) else ():
-            config = load_config(REPO / f"configs/compare/reproduce_reflow_{data}.yaml")
-            spec = config.samplers.train_field
-            if args.quick:
-                config.name += "-quick"
-                spec.overrides += [*QUICK, "output_dir=runs/reproduce_reflow_quick"]
-            stages, floor = stage_table(compare.run(config), Path(load_config(spec.config, spec.overrides).run_dir))
-            results[data] = {"stages": stages, "floor": floor, "trend": report(data, stages, floor)}
-    output = REPO / "runs" / ("reproduce_reflow_quick.json" if args.quick else "reproduce_reflow.json")
-    write_json(output, results)
-    print(f"\nwrote {output}")
-
-
 if __name__ == "__main__":
-    main()
+    args = script_parser(__doc__, only=DATA, quick=True).parse_args()
+    results = {}
+    for data in chosen(DATA, args.only):
+        config = load_config(REPO / f"configs/compare/reproduce_reflow_{data}.yaml")
+        spec = config.samplers.train_field
+        if args.quick:
+            config.name += "-quick"
+            spec.overrides += [*QUICK, "output_dir=runs/reproduce_reflow_quick"]
+        stages, floor = stage_table(compare.run(config), Path(load_config(spec.config, spec.overrides).run_dir))
+        results[data] = {"stages": stages, "floor": floor, "trend": report(data, stages, floor)}
+    write_report(REPO / "runs" / ("reproduce_reflow_quick.json" if args.quick else "reproduce_reflow.json"), results)

@@ -139,7 +139,8 @@ def test_predictor_size_bounds_and_features():
 
 
 def test_plugins_at_their_neutral_r_are_their_base_solvers(mixture, x):
-    """Fact 3: DPM-2 plugin at r = 1/2 is DPM-Solver-2; Euler plugin at r = 0 is Euler; order-1 iPNDM is Euler's."""
+    """docs/amed.md §4.1-4.3: DPM-2 plugin at r = 1/2 is DPM-Solver-2; Euler plugin at r = 0 is Euler;
+    order-1 iPNDM is Euler's."""
     timesteps = karras(5)
     plugin = lambda base, r, **opts: amed_plugin(mixture.edm, x, timesteps, constant(r), base=base, afs=False, **opts)  # noqa: E731
     torch.testing.assert_close(plugin("dpm_solver_2", 0.5), dpm_solver_2(mixture.edm, x, timesteps))

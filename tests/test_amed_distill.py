@@ -63,7 +63,8 @@ def distil_in_process(folder, settings: AmedSettings, mixture: GaussianMixture, 
 
 
 def test_on_an_isotropic_gaussian_the_distilled_r_is_the_exact_r_and_far_better_than_euler(tmp_path):
-    """Fact 10 on N(0, I) in 16 dims (AFS off, NFE 6) with an accurate teacher (8 Heun steps per interval).
+    """docs/amed.md §3.3 (on N(0, s^2 I) some r makes each step exact) on N(0, I) in 16 dims (AFS off, NFE 6)
+    with an accurate teacher (8 Heun steps per interval).
 
     Unit data std makes r matter on every interval: for std << sigma the field is x / sigma and any r is exact.
     """

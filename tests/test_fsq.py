@@ -45,7 +45,7 @@ def reference_indices(codes: np.ndarray, levels, symmetric=False) -> np.ndarray:
 
 @pytest.mark.parametrize("level", [3, 4, 5, 6, 7, 8, 9, 16])
 def test_every_code_lies_on_the_grid_and_fills_it(level):
-    """Fact 12: odd L gives {-1, ..., 1}, even L gives {-1, ..., 1 - 1/floor(L/2)}: +1 unreachable."""
+    """docs/fsq.md §1.3: odd L gives {-1, ..., 1}, even L gives {-1, ..., 1 - 1/floor(L/2)}: +1 unreachable."""
     z = torch.cat([torch.linspace(-8, 8, 4001), randn(4000)])[:, None]
     quantized, _, _ = FSQ([level])(z)
     half = level // 2
@@ -72,7 +72,8 @@ def test_outputs_equal_a_numpy_rederivation(levels, symmetric):
     [([3], False), ([4], False), ([2, 3, 4], True), *[(levels, False) for levels in TABLE_LEVELS.values()]],
 )
 def test_index_round_trip_over_every_code(levels, symmetric):
-    """Fact 13: codes_to_indices(indices_to_codes(i)) == i for all i < prod L, and the codes match numpy's digits."""
+    """docs/fsq.md §1.4: codes_to_indices(indices_to_codes(i)) == i for all i < prod L, and the codes match
+    numpy's digits."""
     fsq = FSQ(levels, symmetric=symmetric)
     indices = torch.arange(math.prod(levels))
     codes = fsq.indices_to_codes(indices)
@@ -87,7 +88,7 @@ def every_code(fsq: FSQ) -> torch.Tensor:
 
 @pytest.mark.parametrize(("size", "expected"), TABLE.items())
 def test_table_codebooks_have_prod_levels_unique_codes(size, expected):
-    """Fact 14: 240, 1000, 4375, 15360, 64000 distinct codes."""
+    """docs/fsq.md §2: 240, 1000, 4375, 15360, 64000 distinct codes."""
     fsq = FSQ.from_codebook_size(size)
     assert fsq.levels.int().tolist() == TABLE_LEVELS[size]
     assert fsq.codebook_size == expected
@@ -95,7 +96,8 @@ def test_table_codebooks_have_prod_levels_unique_codes(size, expected):
 
 
 def test_forward_reaches_every_code():
-    """Fact 14 through forward: a dense grid of inputs hits all prod L indices, each code equal to the implicit one."""
+    """prod L distinct codes (docs/fsq.md §2) through forward: a dense grid of inputs hits all prod L indices, each
+    code equal to the implicit one."""
     fsq = FSQ([5, 4, 3])
     axis = torch.linspace(-4, 4, 41)
     z = torch.cartesian_prod(axis, axis, axis)
@@ -107,7 +109,7 @@ def test_forward_reaches_every_code():
 
 
 def test_zero_maps_to_zero():
-    """Fact 15: f(0) = 0 for every L (the even-L shift is exact with atanh), so 0 quantizes to the code 0."""
+    """docs/fsq.md §1.1: f(0) = 0 for every L (the even-L shift is exact with atanh), so 0 quantizes to the code 0."""
     levels = list(range(3, 17))
     fsq = FSQ(levels)
     assert fsq.bound(torch.zeros(len(levels))).abs().max() < 1e-6
@@ -116,7 +118,8 @@ def test_zero_maps_to_zero():
 
 
 def test_straight_through_gradient_is_bound_derivative_over_half():
-    """Fact 16: d zhat / dz = f'(z) / floor(L/2), f'(z) = half_l (1 - tanh^2(z + shift)); symmetric: 1 - tanh^2(z)."""
+    """docs/fsq.md §1.2: d zhat / dz = f'(z) / floor(L/2), f'(z) = half_l (1 - tanh^2(z + shift));
+    symmetric: 1 - tanh^2(z)."""
     levels = [3, 4, 5, 8]
     z = randn(200, 4).requires_grad_()
     FSQ(levels)(z)[0].sum().backward()
@@ -149,7 +152,7 @@ def test_quantizes_in_float32_under_bf16_autocast():
 
 
 def test_symmetric_codes_include_plus_minus_one():
-    """Fact 18: codes {-1, -1 + 2/(L-1), ..., 1}; L = 2 works and gives {-1, 1}."""
+    """docs/fsq.md §3: codes {-1, -1 + 2/(L-1), ..., 1}; L = 2 works and gives {-1, 1}."""
     fsq = FSQ([2, 4, 5], symmetric=True)
     codebook = every_code(fsq)
     for channel, level in enumerate([2, 4, 5]):
@@ -173,7 +176,7 @@ def test_unknown_codebook_size_lists_the_supported_ones():
 
 
 def test_projections_only_when_dim_differs():
-    """Fact 17: no trainable parameters unless dim != len(levels) * num_codebooks."""
+    """docs/fsq.md §1.5: no trainable parameters unless dim != len(levels) * num_codebooks."""
     assert sum(p.numel() for p in FSQ([8, 5, 5, 5]).parameters()) == 0
     assert sum(p.numel() for p in FSQ([8, 5, 5, 5], dim=8, num_codebooks=2).parameters()) == 0
     projected = FSQ([8, 5, 5, 5], dim=16)

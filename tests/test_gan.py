@@ -33,7 +33,8 @@ TOY = {
 
 
 def test_the_logistic_optimum_is_the_log_density_ratio():
-    """Fact 31: minimising the logistic loss over d on p = N(1/2, 1), q = N(-1/2, 1) gives d(x) = log p/q = x."""
+    """docs/gans_as_odes.md §2: minimising the logistic loss over d on p = N(1/2, 1), q = N(-1/2, 1) gives
+    d(x) = log p/q = x."""
     torch.manual_seed(0)
     critic = MLPCritic(1, hidden=32, depth=2)
     optimizer = torch.optim.Adam(critic.parameters(), lr=3e-3)
@@ -50,7 +51,8 @@ def test_the_logistic_optimum_is_the_log_density_ratio():
 
 @pytest.mark.parametrize("h", ["logit", "non_saturating", "minimax", "arcsinh"])
 def test_one_particle_regression_step_is_two_eta_times_the_loss_step(h):
-    """Fact 29: at theta_t the gradient of ||G - sg[G + eta grad h(d(G))]||^2 is 2 eta grad E[-h(d(G))]."""
+    """docs/gans_as_odes.md §3: at theta_t the gradient of ||G - sg[G + eta grad h(d(G))]||^2 is
+    2 eta grad E[-h(d(G))]."""
     torch.manual_seed(0)
     generator, critic = MLPGenerator(4, [2], hidden=16, depth=2).double(), MLPCritic(2, hidden=16, depth=2).double()
     critic.requires_grad_(False)
@@ -129,7 +131,8 @@ def test_the_penalty_is_float32_and_unscaled_under_mixed_precision():
 
 
 def test_su_identity_and_the_reflow_loss_equal_the_derived_critic_loss_up_to_a_constant():
-    """Fact 28 by Gauss-Legendre quadrature in t: E_t d/dt D(x_t) = D(x1) - D(x0), so for v = grad D
+    """docs/gans_as_odes.md §5 (step 5 is exact in expectation) by Gauss-Legendre quadrature in t:
+    E_t d/dt D(x_t) = D(x1) - D(x0), so for v = grad D
     E_t 1/2 ||v(x_t) - (x1 - x0)||^2 = [E D(x0) - E D(x1) + 1/2 E_t ||grad D(x_t)||^2] + 1/2 E ||x1 - x0||^2."""
     nodes, weights = np.polynomial.legendre.leggauss(40)
     t_nodes, t_weights = torch.tensor((nodes + 1) / 2), torch.tensor(weights / 2)

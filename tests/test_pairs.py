@@ -194,7 +194,7 @@ def test_an_incomplete_folder_asks_for_the_generation(clean, tmp_path):
 
 
 def test_one_euler_step_of_the_rectified_mixture_lands_on_the_data_mean(accelerator, tmp_path):
-    """Fact 24: v(z, 0) = E[X1] - z, so x = z + v(z, 0) is the data mean for every z."""
+    """docs/rectified_flow.md §2: v(z, 0) = E[X1] - z, so x = z + v(z, 0) is the data mean for every z."""
     generate(tmp_path / "euler", accelerator, solver="euler", nfe=1)
     pairs = PairDataset(tmp_path / "euler")
     velocity = MIXTURE.rectified(pairs.z, torch.zeros(len(pairs)))

@@ -19,7 +19,7 @@ def brute_force_nearest(z: np.ndarray, codebook: np.ndarray) -> np.ndarray:
 
 
 def test_forward_is_nearest_code_and_gradient_passes_straight_through():
-    """Fact 19: z_q = e_k with k the nearest code, and dL/dz_e = dL/dz_q."""
+    """docs/vq.md §1.1: z_q = e_k with k the nearest code, and dL/dz_e = dL/dz_q."""
     torch.manual_seed(0)
     vq = VectorQuantizer(16, 4)
     z_e = randn(200, 4).requires_grad_()
@@ -36,7 +36,7 @@ def test_forward_is_nearest_code_and_gradient_passes_straight_through():
 
 
 def test_codebook_and_commitment_gradients_reach_only_their_side():
-    """Fact 20: d/de of aux = codebook term only (beta-free); d/dz_e of aux = beta * commitment only."""
+    """docs/vq.md §1.2: d/de of aux = codebook term only (beta-free); d/dz_e of aux = beta * commitment only."""
     torch.manual_seed(0)
     z = randn(60, 3)
     grads = {}
@@ -94,7 +94,7 @@ def test_ema_update_matches_hand_computation_for_two_steps():
 
 
 def test_laplace_smoothed_counts_keep_the_total():
-    """Fact 21: (N_k + eps) / (n + K eps) n sums to n = sum N_k and is positive where N_k = 0."""
+    """docs/vq.md §2: (N_k + eps) / (n + K eps) n sums to n = sum N_k and is positive where N_k = 0."""
     smoothed = laplace_smoothed(torch.tensor([0.0, 1.0, 3.0]), eps=0.5)
     np.testing.assert_allclose(smoothed.numpy(), np.array([0.5, 1.5, 3.5]) / 5.5 * 4, rtol=1e-6)
     counts = torch.rand(512, generator=torch.Generator().manual_seed(0)) * (torch.arange(512) % 3 > 0)
@@ -104,7 +104,7 @@ def test_laplace_smoothed_counts_keep_the_total():
 
 
 def test_usage_fraction_and_perplexity():
-    """Fact 22: perplexity in [1, K], K for uniform usage, 1 for a single code; fraction = codes used / K."""
+    """docs/vq.md §5: perplexity in [1, K], K for uniform usage, 1 for a single code; fraction = codes used / K."""
     uniform = codebook_usage(torch.arange(16).repeat(5), 16)
     assert uniform.fraction_used == 1.0 and uniform.perplexity == pytest.approx(16)
     single = codebook_usage(torch.full((50,), 3), 16)

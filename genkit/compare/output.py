@@ -1,11 +1,18 @@
-"""What a comparison writes besides its table: a grid of samples a cell, metric plots, the table as text."""
+"""What a comparison writes besides its table: a grid of samples a cell, metric plots, the table as text; and what
+the benchmark scripts (scripts/) share: their flags, a pivot of the table by method x NFE, text tables, JSON."""
 
+import argparse
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 from torch import Tensor
 
+from genkit.files import write_json
+from genkit.runs import Run
 from genkit.sampling import save_picture
 from genkit.tracking import RunLog
 
@@ -76,3 +83,89 @@ def cell_text(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def script_parser(doc: str, only: Sequence[str] = (), quick: bool = False) -> argparse.ArgumentParser:
+    """A benchmark script's parser, described by the first line of its docstring `doc`: with `--only` one of `only`
+    (when given) and `--quick`, a smoke run (when asked for)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if only:
+        parser.add_argument("--only", choices=tuple(only), default=None, help="run just this one")
+    if quick:
+        parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run, meaningless numbers")
+    return parser
+
+
+def chosen(names: Sequence[str] | Mapping[str, Sequence[str]], only: str | None) -> list[str]:
+    """What a run with `--only only` covers: every name without it, else the one chosen; `names` is a list of
+    names or maps each choice to its names (`--only toys` for 8gaussians and moons)."""
+    if isinstance(names, Mapping):
+        return [name for choice, group in names.items() if only in (None, choice) for name in group]
+    return [name for name in names if only in (None, name)]
+
+
+def pivot(cells: Iterable[dict], value: str, row: str = "method") -> dict[Any, dict[Any, Any]]:
+    """The cells of a comparison (`genkit.compare.cells`) as cell[row] -> NFE -> cell[value], in the cells' order;
+    None where the cell has no such value or was not reachable (it spent no evaluations: `nfe_counted` 0)."""
+    table: dict[Any, dict[Any, Any]] = {}
+    for cell in cells:
+        table.setdefault(cell[row], {})[cell.get("nfe")] = cell.get(value) if cell.get("nfe_counted", 1) else None
+    return table
+
+
+def print_table(
+    title: str,
+    table: Mapping[Any, Mapping[Any, Any]],
+    columns: Sequence,
+    fmt: str | Mapping[Any, str] = ".4g",
+    width: int = 10,
+    headers: Sequence[str] | None = None,
+    skip_empty: bool = False,
+) -> None:
+    """Print `table` (row name -> column -> value) under a blank line and `title`: a line a row, a column of `width`
+    characters a key of `columns` (headed by `headers`, else the keys); a str is printed as it is, another value with
+    `fmt` (or `fmt[column]`), a missing one or None as '-'. `skip_empty` leaves out the rows with no value in any of
+    the columns."""
+    names = [n for n, row in table.items() if not skip_empty or any(row.get(c) is not None for c in columns)]
+    label = max((len(str(name)) for name in names), default=0) + 2
+    formats = [fmt if isinstance(fmt, str) else fmt.get(column, ".4g") for column in columns]
+    print(f"\n{title}\n{'':<{label}}" + "".join(f"{h:>{width}}" for h in headers or [str(c) for c in columns]))
+    for name in names:
+        values = [table[name].get(column) for column in columns]
+        texts = [
+            "-" if v is None else v if isinstance(v, str) else format(v, f)
+            for v, f in zip(values, formats, strict=True)
+        ]
+        print(f"{name!s:<{label}}" + "".join(f"{text:>{width}}" for text in texts))
+
+
+def print_pivot(
+    title: str, table: Mapping[Any, Mapping[int, Any]], nfes: Sequence[int] | None, fmt: str, skip_empty: bool = False
+) -> None:
+    """`print_table` of a `pivot` (or any row -> NFE -> value), a column headed 'NFE n' for each of `nfes` (None:
+    the first row's)."""
+    nfes = list(next(iter(table.values()), {})) if nfes is None else nfes
+    print_table(title, table, nfes, fmt, headers=[f"NFE {nfe}" for nfe in nfes], skip_empty=skip_empty)
+
+
+def distil_seconds(run_dir: Path, grids: Iterable) -> dict[str, dict[int, float]]:
+    """grid name -> NFE -> training seconds of each AMED predictor a comparison in `run_dir` distilled for its
+    `samplers.distill` grids (`grids`: their `name` and `nfe`), from run_dir/predictors/<name>_nfe<nfe>."""
+    folder = run_dir / "predictors"
+    return {
+        grid.name: {nfe: Run(folder / f"{grid.name}_nfe{nfe}").training_seconds for nfe in grid.nfe} for grid in grids
+    }
+
+
+def wall_seconds(function: Callable[..., object], *args: Any) -> float:
+    """Wall time of one call of `function(*args)`."""
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def write_report(path: Path, data: dict, start: float | None = None) -> None:
+    """`data` as indented JSON to `path` (atomically), then "wrote <path>", and the seconds since `start` (a
+    `time.perf_counter()`) when given."""
+    write_json(path, data)
+    print(f"\nwrote {path}" + ("" if start is None else f" in {time.perf_counter() - start:.1f} s"))
