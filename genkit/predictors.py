@@ -161,9 +161,12 @@ class Distilled:
     """A predictor loaded for its field with what it must be solved with: solver, NFE, schedule, solver options."""
 
     predictor: PredictorModel
-    settings: PredictorSettings
     nfe: int
     schedule: str | SavedSchedule  # the named schedule, or the saved one it was distilled on (model/schedule.json)
+
+    @property
+    def settings(self) -> PredictorSettings:
+        return self.predictor.tied_settings
 
     @property
     def solver_options(self) -> dict:
@@ -177,6 +180,6 @@ def load_distilled(folder: Path, field: "Field", device: torch.device | str = "c
     settings = predictor.tied_settings
     own = Path(folder) / PREDICTOR_SCHEDULE
     if not own.is_file():
-        return Distilled(predictor, settings, settings.nfe, settings.schedule)
+        return Distilled(predictor, settings.nfe, settings.schedule)
     saved = load_schedule(own, field)
-    return Distilled(predictor, settings, saved.nfe(settings.solver, afs=settings.afs), saved)
+    return Distilled(predictor, saved.nfe(settings.solver, afs=settings.afs), saved)

@@ -30,7 +30,6 @@ from genkit.files import CONFIG_NAME
 CONFIG_FILE = "config.yaml"
 MODEL, SAMPLES, SCHEDULES = "model", "samples", "schedules"
 UNET, SCHEDULER = "unet", "scheduler"  # the parts of a diffusers model folder
-KINDS = ("flow", "reflow", "gan", "tokenizer", "amed", "diffusers")
 
 
 @dataclass(frozen=True, eq=True)
@@ -92,7 +91,7 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """One of KINDS: the config's task, or `diffusers` for a diffusers model folder."""
+        """flow, reflow, gan, tokenizer or amed (the config's task), or diffusers for a diffusers model folder."""
         return "diffusers" if self.is_diffusers else self.resolved()["task"]
 
     @property

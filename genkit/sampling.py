@@ -46,7 +46,7 @@ from genkit.predictors import load_distilled
 from genkit.processes import process_state
 from genkit.progress import progress
 from genkit.runs import Run
-from genkit.schedules.file import SavedSchedule, load_schedule
+from genkit.schedules.file import SavedSchedule, load_schedule, schedule_name
 from genkit.tracking import image_grid
 from genkit.velocity import GradientVelocity
 
@@ -109,11 +109,6 @@ def flow_sampler(
         return field.solve(initial_noise(indices, field.shape, seed).to(device), solver, nfe, schedule, solver_opts)
 
     return draw, f"{solver}_nfe{nfe}_{schedule_name(schedule)}"
-
-
-def schedule_name(schedule: str | SavedSchedule | None) -> str | None:
-    """A schedule's name, or a saved schedule's."""
-    return schedule.name if isinstance(schedule, SavedSchedule) else schedule
 
 
 def gan_sampler(

@@ -7,11 +7,13 @@ import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks
 from safetensors.torch import load_file
+from scipy.stats import kstest
 
 from genkit.fields import load_flow_run
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.models import load_velocity_model
 from genkit.toys import toy_mixture
+from genkit.train.flow import sample_time
 from samplers import euler, heun, uniform
 
 REFLOW = {
@@ -150,3 +152,17 @@ def test_sigma_space_solvers_sample_through_the_edm_conversion(reflow_run):
     assert (folder / "runs" / "toy" / "1-rf" / "samples" / "dpmpp_2m_nfe8_logsnr_seed0.png").exists()
     bad = genkit(folder, "sample", "runs/toy/1-rf", "--solver", "dpmpp_2m", "--schedule", "uniform")
     assert bad.returncode == 2 and "sigma space" in bad.stderr
+
+
+def test_logit_normal_times_are_the_sigmoid_of_a_standard_normal():
+    """flow.time_sampling=logit_normal (docs/rectified_flow.md): logit(t) ~ N(0, 1), checked by Kolmogorov-Smirnov."""
+    torch.manual_seed(0)
+    t = sample_time(20_000, "logit_normal", torch.device("cpu")).double()
+    assert ((t > 0) & (t < 1)).all()
+    logits = torch.log(t / (1 - t)).numpy()
+    # The KS statistic of n = 20000 draws from the right law exceeds 1.95 / sqrt(n) with probability 0.001.
+    statistic = kstest(logits, "norm").statistic
+    assert statistic < 1.95 / 20_000**0.5, statistic
+    # The wrong law is far off: a uniform t gives logits of the logistic law, whose statistic here is ~0.07.
+    uniform = torch.rand(20_000, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    assert kstest(torch.log(uniform / (1 - uniform)).numpy(), "norm").statistic > 0.03

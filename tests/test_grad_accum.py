@@ -1,13 +1,10 @@
 """Gradient accumulation: N processes x A micro-batches train exactly like one process with the same global batch."""
 
 import pytest
-import torch
 import yaml
 from launching import genkit, genkit_on_two_ranks
 from tokenizer_runs import TINY, model_state
 from weights import assert_same_weights, float64_training_atol
-
-from genkit.train.flow import sample_time
 
 
 @pytest.mark.slow
@@ -23,18 +20,3 @@ def test_one_process_accumulating_two_micro_batches_trains_like_two_processes(wo
     assert (runtime["two"]["num_processes"], runtime["two"]["grad_accum_steps"]) == (2, 1)
     atol = float64_training_atol(lr=TINY["optimizer"]["lr"], updates=TINY["train"]["steps"])
     assert_same_weights(model_state(workdir, "one"), model_state(workdir, "two"), atol)
-
-
-def test_logit_normal_times_are_the_sigmoid_of_a_standard_normal():
-    """flow.time_sampling=logit_normal (docs/rectified_flow.md): logit(t) ~ N(0, 1), checked by Kolmogorov-Smirnov."""
-    scipy_stats = pytest.importorskip("scipy.stats")
-    torch.manual_seed(0)
-    t = sample_time(20_000, "logit_normal", torch.device("cpu")).double()
-    assert ((t > 0) & (t < 1)).all()
-    logits = torch.log(t / (1 - t)).numpy()
-    # The KS statistic of n = 20000 draws from the right law exceeds 1.95 / sqrt(n) with probability 0.001.
-    statistic = scipy_stats.kstest(logits, "norm").statistic
-    assert statistic < 1.95 / 20_000**0.5, statistic
-    # The wrong law is far off: a uniform t gives logits of the logistic law, whose statistic here is ~0.07.
-    uniform = torch.rand(20_000, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    assert scipy_stats.kstest(torch.log(uniform / (1 - uniform)).numpy(), "norm").statistic > 0.03

@@ -42,7 +42,7 @@ from genkit.paths import RectifiedPath
 from genkit.predictors import load_distilled
 from genkit.progress import progress
 from genkit.runs import Run
-from genkit.schedules.file import SavedSchedule, load_schedule
+from genkit.schedules.file import SavedSchedule, load_schedule, schedule_name
 from genkit.tracking import RunLog
 from genkit.velocity import Velocity
 
@@ -139,10 +139,6 @@ class Cell:
     nfe: int
     schedule: str | SavedSchedule
     options: dict
-
-    @property
-    def schedule_name(self) -> str:
-        return self.schedule.name if isinstance(self.schedule, SavedSchedule) else self.schedule
 
 
 class EvaluationBar:
@@ -280,7 +276,8 @@ class SamplerComparison:
         for cell in self.cells:
             out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
             reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
-            row = {"field": name, "method": cell.method, "solver": cell.solver, "schedule": cell.schedule_name}
+            row = {"field": name, "method": cell.method, "solver": cell.solver}
+            row["schedule"] = schedule_name(cell.schedule)
             row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds}
             if reachable:
                 row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
@@ -290,7 +287,7 @@ class SamplerComparison:
                 if "fd" in row:
                     row["excess_fd"] = excess_fd(field.form(cell.schedule, cell.solver)[1].schedules[0], row["fd"])
                 if len(out):
-                    grid_name = f"{name}{cell.method}_{cell.schedule_name}_nfe{cell.nfe}"
+                    grid_name = f"{name}{cell.method}_{schedule_name(cell.schedule)}_nfe{cell.nfe}"
                     log_grid(log, run_dir, grid_name, out[: self.shared.grid_samples])
             rows.append(row)
         if grid.reference_row:

@@ -51,6 +51,11 @@ class SavedSchedule:
         return samplers.solver_spec(solver or self.solver or "euler").nfe(self.timesteps, **options)
 
 
+def schedule_name(schedule: "str | SavedSchedule | None") -> str | None:
+    """A schedule's name, or a saved schedule's (what a table's schedule column and a samples file name show)."""
+    return schedule.name if isinstance(schedule, SavedSchedule) else schedule
+
+
 def save_schedule(schedule: SavedSchedule, path: Path) -> None:
     """Write `schedule` to `path` as JSON, atomically (all of it or the previous file)."""
     document = {"format": FORMAT, "version": VERSION, "field_id": schedule.field_id, "time": schedule.time}
