@@ -10,17 +10,20 @@ distillation all solve through `Field.solve`, and a schedule or solver that does
 model of a genkit flow or ReFlow run) or `diffusers` (a folder or Hub id with `unet/` and `scheduler/`, as
 DDPMPipeline.save_pretrained writes it). Each field has an id that names the exact weights, so that what was
 distilled for one model is refused for another.
+
+A conditional field (a class-conditional flow run, a conditional diffusers U-Net, a mixture conditioned on its
+component) has a `conditioning` and no forms of its own: `field.bind(condition, guidance)` is the plain field of
+its model at one condition a sample, guided (genkit.guidance), which every solver, AMED and schedule search runs on
+unchanged. `field.draw_conditions(indices, seed)` draws sample i's class as in the training data.
 """
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError
 from torch import Tensor, nn
 
 import samplers
@@ -28,41 +31,108 @@ from genkit.config import check_choice, ranged
 from genkit.data import data_shape
 from genkit.errors import GenkitError
 from genkit.gaussian_mixture import GaussianMixture
+from genkit.guidance import ConditionalVelocity, Guidance, Guided
 from genkit.models import load_velocity_model
+from genkit.noise import initial_conditions
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
 from genkit.runs import Run
 from genkit.schedules.file import SavedSchedule, time_of
-from genkit.velocity import DiffusersVelocity, RectifiedAsEDM, Velocity
+from genkit.velocity import RectifiedAsEDM, Velocity
 
 FIELD_KINDS = ("mixture", "flow_run", "diffusers")
 SCHEDULER_FILE = "scheduler_config.json"
+Form = tuple[Velocity, ProbabilityPath]
+
+
+@dataclass
+class Conditioning:
+    """What a conditional model takes: `model(x, t, c)` in its native time (`sigma(t)` maps that time to sigma), the
+    `null` condition of one sample, `forms` of a bound velocity, and its K classes: their share of the training data
+    (`frequencies` [K]) and, for embedding models, the embedding each class index names (`table` [K, *null.shape])."""
+
+    model: ConditionalVelocity
+    null: Tensor
+    forms: Callable[[Velocity], list[Form]]
+    sigma: Callable[[Tensor], Tensor]
+    frequencies: Tensor
+    table: Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.frequencies)
 
 
 @dataclass
 class Field:
-    """A velocity model in each form it can be solved in (native first), the shape and dtype of its samples, its id."""
+    """A velocity model in each form it can be solved in (native first), the shape and dtype of its samples, its id;
+    a conditional model's `conditioning` (then `forms` is empty until bound), a bound one's `guidance`."""
 
     field_id: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    forms: list[tuple[Velocity, ProbabilityPath]]
+    forms: list[Form]
+    conditioning: Conditioning | None = None
+    guidance: Guidance | None = None
 
     @property
     def schedules(self) -> tuple[str, ...]:
         return tuple(schedule for _, path in self.forms for schedule in path.schedules)
+
+    def bind(self, condition: Tensor, guidance: Guidance | None = None) -> "Field":
+        """The plain field of this conditional model at one condition a sample, guided by `guidance` (default w = 1).
+
+        `condition` is class indices [B] (long, 0..K-1) or, for an embedding model, embeddings [B, *null.shape].
+        """
+        conditioning, guidance = self.conditioning, guidance or Guidance()
+        if conditioning is None:
+            raise GenkitError(
+                f"this model ({self.field_id}) is unconditional: it takes no class or guidance; drop them"
+            )
+        if not condition.is_floating_point():
+            condition = condition.long()
+            outside = condition[(condition < 0) | (condition >= conditioning.num_classes)]
+            if len(outside):
+                raise GenkitError(
+                    f"class {outside[0].item()} is out of range: the model has classes "
+                    f"0..{conditioning.num_classes - 1}"
+                )
+            if conditioning.table is not None:
+                condition = conditioning.table[condition.cpu()]
+        if tuple(condition.shape[1:]) != tuple(conditioning.null.shape):
+            kind = "embeddings" if conditioning.null.shape else "class indices"
+            raise GenkitError(
+                f"a condition of shape {list(condition.shape)} does not fit this model, which takes "
+                f"[batch, {', '.join(map(str, conditioning.null.shape))}] ({kind})"
+            )
+        guided = Guided(conditioning.model, condition, conditioning.null, guidance, conditioning.sigma)
+        return Field(self.field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance)
+
+    def draw_conditions(self, indices: list[int], seed: int) -> Tensor:
+        """Sample i's class index, drawn as in the training data from the generator of (seed, i) (genkit.noise)."""
+        if self.conditioning is None:
+            raise GenkitError(f"this model ({self.field_id}) is unconditional: it has no classes to draw")
+        return initial_conditions(indices, self.conditioning.frequencies, seed)
+
+    def _forms(self) -> list[Form]:
+        if self.conditioning is not None:
+            raise GenkitError(
+                f"this model is class-conditional ({self.conditioning.num_classes} classes): give it a class "
+                "(genkit sample --class K or --classes all; Field.bind in code) and, if you like, a guidance weight"
+            )
+        return self.forms
 
     def form(self, schedule: "str | SavedSchedule", solver: str = "euler") -> tuple[Velocity, ProbabilityPath]:
         """The velocity and path a schedule's name spans, or whose start and end a saved schedule's timesteps are;
         one clear error when the field or the solver cannot use it."""
         if isinstance(schedule, SavedSchedule):
             ends = schedule.timesteps[0].item(), schedule.timesteps[-1].item()
-            for _, path in self.forms:
+            for _, path in self._forms():
                 spans = zip(ends, (path.t_start, path.t_end), strict=True)
                 if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in spans):
                     return self.form(path.schedules[0], solver)
             spans = ", ".join(f"{time_of(path)} time from {path.t_start:g} to {path.t_end:g}" for _, path in self.forms)
             raise GenkitError(f"timesteps from {ends[0]:g} to {ends[1]:g} fit no form of this field ({spans})")
-        for velocity, path in self.forms:
+        for velocity, path in self._forms():
             if schedule in path.schedules:
                 if samplers.solver_spec(solver).sigma_space and not isinstance(path, EDMPath):
                     sigma = ", ".join(s for s in self.schedules if s not in path.schedules)
@@ -82,7 +152,8 @@ class Field:
 
     def default_schedule(self, solver: str) -> str:
         """The native time's schedule for a solver that can use it, else the solver's usual sigma schedule."""
-        spec, native = samplers.solver_spec(solver), self.forms[0][1]
+        spec = samplers.solver_spec(solver)
+        native = self.conditioning.forms(None)[0][1] if self.conditioning else self.forms[0][1]
         return (
             native.schedules[0] if isinstance(native, RectifiedPath) and not spec.sigma_space else spec.default_schedule
         )
@@ -125,19 +196,37 @@ class Field:
 
 @dataclass
 class FieldConfig:
-    """`kind` mixture (components, shape, seed, diagonal), flow_run (path: a run), diffusers (path: folder, Hub id)."""
+    """`kind` mixture (components, shape, seed, diagonal, conditional), flow_run (path: a run), diffusers (path:
+    folder, Hub id; embeddings: a tensor file). A conditional model is solved at classes drawn as in its data and
+    guided with `guidance` (weight; `guidance_interval`: [lo, hi] sigmas where it applies)."""
 
     kind: str = "mixture"
     components: int = ranged(8, minimum=1)
     shape: list[int] = ranged(lambda: [64], minimum=1)
     seed: int = ranged(0, minimum=0)
     diagonal: bool = True
+    conditional: bool = False  # mixture: conditioned on its component (K + 1 classes with the null one)
     path: str = ""
+    embeddings: str = ""  # diffusers UNet2DConditionModel: safetensors file of `embeddings` [K, L, D] and `null` [L, D]
+    guidance: float = ranged(1.0, minimum=0)
+    guidance_interval: list[float] | None = None
 
     def __post_init__(self):
         check_choice("field.kind", self.kind, FIELD_KINDS)
         if self.kind != "mixture" and not self.path:
             raise GenkitError(f"field.kind={self.kind} needs field.path, the folder (or Hub id) of the model")
+        if self.conditional and self.kind != "mixture":
+            raise GenkitError(
+                "field.conditional is for kind=mixture; a run or a U-Net is conditional as it was trained"
+            )
+        if self.guidance_interval is not None and len(self.guidance_interval) != 2:
+            raise GenkitError(f"field.guidance_interval must be [lo, hi] sigmas, got {self.guidance_interval}")
+        self.guidance_setting()
+
+    def guidance_setting(self) -> Guidance:
+        """The guidance a conditional field of this config is solved with."""
+        interval = None if self.guidance_interval is None else tuple(self.guidance_interval)
+        return Guidance(self.guidance, interval)
 
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
         """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given)."""
@@ -147,11 +236,27 @@ class FieldConfig:
                 f"gmm(components={self.components}, shape={list(self.shape)}, seed={self.seed}, "
                 f"diagonal={self.diagonal})"
             )
+            if self.conditional:
+                return conditional_mixture(mixture, field_id + " conditional")
             forms = [(mixture.edm, EDMPath()), (mixture.rectified, RectifiedPath())]
             return Field(field_id, tuple(self.shape), torch.float64, forms)
         if self.kind == "flow_run":
             return load_flow_run(Path(self.path), device, dtype)
-        return load_diffusers(self.path, device, dtype)
+        from genkit.diffusers_field import load_diffusers  # it builds on this module's Field
+
+        return load_diffusers(self.path, self.embeddings, device, dtype)
+
+
+def conditional_mixture(mixture: GaussianMixture, field_id: str) -> Field:
+    """A mixture conditioned on its component, in EDM form: class k is component k, the null class K the mixture."""
+    conditioning = Conditioning(
+        model=mixture.conditional_edm,
+        null=torch.tensor(mixture.num_components),
+        forms=lambda velocity: [(velocity, EDMPath())],
+        sigma=lambda sigma: sigma,
+        frequencies=mixture.log_weights.exp(),
+    )
+    return Field(field_id, mixture.shape, torch.float64, [], conditioning)
 
 
 def weights_digest(*paths: Path) -> str:
@@ -180,41 +285,6 @@ def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dt
 def flow_run_id(run: Path) -> str:
     """The id of the model of a flow run (its last stage for a ReFlow run): the digest of its weights."""
     return f"flow_run(sha256={weights_digest(*sorted(Run(run).last_stage.model.glob('*.safetensors')))})"
-
-
-def local_diffusers_folder(source: str) -> Path:
-    """A local folder with unet/ and scheduler/: `source` itself, or the Hub snapshot of a model id."""
-    if Path(source).is_dir():
-        return Path(source)
-    try:
-        return Path(snapshot_download(source, allow_patterns=["unet/*", "scheduler/*"]))
-    except HFValidationError:
-        raise GenkitError(f"field.path={source} is neither a local folder nor a Hugging Face Hub model id") from None
-    except Exception as error:  # offline, unknown id, no access: the Hub client raises many types
-        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise GenkitError(
-            f"field.path={source} is not a local folder and could not be fetched from the Hugging Face Hub ({cause}); "
-            "on a machine with network access run `huggingface-cli download "
-            f"{source}` (then it loads offline from the cache), or point field.path at a local folder"
-        ) from None
-
-
-def load_diffusers(source: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
-    """A diffusers UNet2DModel and its scheduler's noise table (a local folder or Hub id with unet/, scheduler/)."""
-    folder = Run(local_diffusers_folder(source))
-    unet_dir, scheduler_dir = folder.unet, folder.scheduler
-    if not unet_dir.is_dir() or not scheduler_dir.is_dir():
-        raise GenkitError(
-            f"{source} is not a diffusers model folder with unet/ and scheduler/ (as DDPMPipeline.save_pretrained "
-            "writes it); save or download one there first"
-        )
-    unet = frozen(UNet2DModel.from_pretrained(unet_dir), device, dtype)
-    scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
-    size = unet.config.sample_size
-    shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-    files = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin")) + [scheduler_dir / SCHEDULER_FILE]
-    field_id = f"diffusers(sha256={weights_digest(*files)})"
-    return Field(field_id, shape, dtype or torch.float32, [(DiffusersVelocity(unet, scheduler), EDMPath())])
 
 
 def load_folder(folder: Path, device: torch.device | str = "cpu") -> Field:

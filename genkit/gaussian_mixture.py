@@ -1,7 +1,9 @@
 """The exact velocity of a Gaussian-mixture data distribution: ground truth for tests and benchmarks.
 
 Data x1 ~ sum_k w_k N(mu_k, diag(s_k^2)). Under either path each component stays Gaussian, so the
-velocity is a posterior-weighted sum of per-component affine maps, in closed form.
+velocity is a posterior-weighted sum of per-component affine maps, in closed form. Conditioned on its component k,
+the posterior is one-hot on k: `conditional_edm(x, sigma, c)` and `conditional_rectified(x, t, c)` are the exact
+velocities of component c, and c = K (the null class) is the whole mixture.
 """
 
 import torch
@@ -45,10 +47,22 @@ class GaussianMixture:
         noise = torch.randn((n, self.means.shape[1]), generator=generator, dtype=torch.float64)
         return (self.means[component] + self.variances[component].sqrt() * noise).reshape(n, *self.shape)
 
-    def _posterior(self, x: Tensor, locs: Tensor, variances: Tensor) -> Tensor:
-        """p(k | x) for x [B, D] under components N(locs [B, K, D], diag(variances [B, K, D]))."""
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def _posterior(self, x: Tensor, locs: Tensor, variances: Tensor, component: Tensor | None = None) -> Tensor:
+        """p(k | x) for x [B, D] under components N(locs [B, K, D], diag(variances [B, K, D])); one-hot on
+        `component` [B] where it names one (< K), the mixture's posterior where it is K or not given."""
         log_density = -0.5 * (((x[:, None] - locs) ** 2) / variances + variances.log()).sum(-1)
-        return torch.softmax(self.log_weights.to(x) + log_density, dim=-1)
+        posterior = torch.softmax(self.log_weights.to(x) + log_density, dim=-1)
+        if component is None:
+            return posterior
+        if ((component < 0) | (component > self.num_components)).any():
+            raise GenkitError(f"mixture components are 0..{self.num_components - 1} (and {self.num_components}: none)")
+        named = component < self.num_components
+        one_hot = torch.nn.functional.one_hot(component.clamp(max=self.num_components - 1), self.num_components)
+        return torch.where(named[:, None], one_hot.to(posterior), posterior)
 
     def _flat(self, x: Tensor) -> Tensor:
         if x.shape[1:].numel() != self.means.shape[1]:
@@ -57,10 +71,14 @@ class GaussianMixture:
 
     def edm(self, x: Tensor, sigma: Tensor) -> Tensor:
         """EDM velocity dx/dsigma = sum_k p(k | x) sigma / (s_k^2 + sigma^2) (x - mu_k); finite at sigma = 0."""
+        return self.conditional_edm(x, sigma, None)
+
+    def conditional_edm(self, x: Tensor, sigma: Tensor, component: Tensor | None) -> Tensor:
+        """The EDM velocity given each sample's component [B] (K: none, the mixture)."""
         flat, means = self._flat(x), self.means.to(x)
         sigma = broadcast_time(sigma, flat)[:, :, None]
         variances = self.variances.to(x) + sigma**2
-        posterior = self._posterior(flat, means.expand_as(variances), variances)
+        posterior = self._posterior(flat, means.expand_as(variances), variances, component)
         per_component = sigma / variances * (flat[:, None] - means)
         return (posterior[..., None] * per_component).sum(1).reshape(x.shape)
 
@@ -79,11 +97,15 @@ class GaussianMixture:
 
         Component k of x_t = t x1 + (1 - t) x0 is N(t mu_k, var_k) with var_k = t^2 s_k^2 + (1 - t)^2.
         """
+        return self.conditional_rectified(x, t, None)
+
+    def conditional_rectified(self, x: Tensor, t: Tensor, component: Tensor | None) -> Tensor:
+        """The rectified velocity given each sample's component [B] (K: none, the mixture)."""
         flat, means = self._flat(x), self.means.to(x)
         t = broadcast_time(t, flat)[:, :, None]
         data_variances = self.variances.to(x)
         variances = t**2 * data_variances + (1 - t) ** 2
         locs = t * means
-        posterior = self._posterior(flat, locs, variances)
+        posterior = self._posterior(flat, locs, variances, component)
         per_component = means + (t * data_variances - (1 - t)) / variances * (flat[:, None] - locs)
         return (posterior[..., None] * per_component).sum(1).reshape(x.shape)
