@@ -179,8 +179,10 @@ def write_config(folder, name: str, **sections) -> None:
     ("method", "steps", "optimizer"),
     [
         ("monoflow", 600, {"lr": 1e-3, "betas": [0.5, 0.999]}),
-        # The two WGANs take 1000 steps each: they run in the slow suite, so that the default run stays under 5 minutes.
-        pytest.param("wgan_gp", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}, marks=pytest.mark.slow),
+        # The two WGANs run in the slow suite, so that the default run stays under 5 minutes. WGAN-GP needs 2000
+        # steps: at 1000 it ended at 0.45-1.35 over train.seed 0-5 (it passed by luck of the noise stream), at 2000 at
+        # 0.28-0.50 over seeds 0-3; the ReFlow-derived one ends at 0.20-0.23 over seeds 0-5 after 1000.
+        pytest.param("wgan_gp", 2000, {"lr": 1e-3, "betas": [0.0, 0.9]}, marks=pytest.mark.slow),
         pytest.param("wgan_reflow", 1000, {"lr": 1e-3, "betas": [0.0, 0.9]}, marks=pytest.mark.slow),
     ],
 )
@@ -201,7 +203,7 @@ def test_each_trainer_moves_the_generator_to_the_eight_gaussians(tmp_path, metho
     with torch.no_grad():
         initial = sliced_wasserstein(untrained(z), data)
     final = gan.train(config)["sliced_wasserstein"]
-    # Measured: 1.3 at initialisation; 0.2-0.45 after these steps.
+    # Measured: 1.3-1.4 at initialisation; at most 0.50 after these steps (see the parameters).
     assert final < initial / 2.5, (initial, final)
     saved = yaml.safe_load((tmp_path / "runs" / method / "config.yaml").read_text())
     assert saved["gan"]["n_critic"] == (1 if method == "monoflow" else 5)
