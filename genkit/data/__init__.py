@@ -17,9 +17,17 @@ verdicts are kept in an index under `$GENKIT_CACHE` (default `~/.cache/genkit`) 
 size and mtime, so a later start only decodes new or changed files. `load_rgb` gives the RGB image a viewer shows: EXIF
 orientation applied, alpha composited over white, 16-bit grayscale scaled to 8 bits (value / 257, rounded), and large
 JPEGs decoded at a reduced scale that keeps the shorter side at least image_size.
+
+Class labels are opt-in: `build_dataset(config, split, labels=True)` gives (image, label) items, label an int in
+[0, `num_classes(config)`), with the same images in the same order and split. The label is the digit (`mnist5k`), the
+dataset's own target when it is a class index (`torchvision`), the class subfolder, as in torchvision's ImageFolder
+(`folder`: each direct subfolder of data.path is a class, sorted by name; an image outside one is an error), or the
+ClassLabel or integer column `data.label_column` (default `label`) of an `hf` store. `crops` and the toys have none.
+`validation_samples(config, count, labels=True)` gives (images, labels int64), and `label_frequencies(config)` each
+class's share of the train split, counted without decoding images.
 """
 
-from genkit.data.build import build_dataset, validation_samples
+from genkit.data.build import build_dataset, label_frequencies, num_classes, validation_samples
 from genkit.data.config import SOURCES, SPLITS, DataConfig, data_shape, image_channels
 from genkit.data.folder import FOLDER_VAL_EVERY, IMAGE_SUFFIXES, checked_images, folder_index_path, load_rgb
 from genkit.data.shipped import MNIST_VAL_PER_DIGIT
@@ -36,6 +44,8 @@ __all__ = [
     "data_shape",
     "folder_index_path",
     "image_channels",
+    "label_frequencies",
     "load_rgb",
+    "num_classes",
     "validation_samples",
 ]

@@ -1,6 +1,7 @@
 """What data a run trains on: `DataConfig` (its source, size, split seed and augmentations) and the shape of an item.
 
-Datasets of images as float tensors in [-1, 1], CHW, one image an item (labels dropped), and of 2-D toy points.
+Datasets of images as float tensors in [-1, 1], CHW, one image an item (labels dropped unless asked for), and of 2-D
+toy points.
 """
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class DataConfig:
     download: bool = True  # torchvision: allow downloading
     strict: bool = False  # folder: a corrupt/unreadable image is an error instead of a counted warning
     image_column: str = "image"  # hf: the column holding the images
+    label_column: str = "label"  # hf, with labels: the column holding the class (a ClassLabel or integer column)
     flip: bool = False  # image sources, train split: mirror left-right with probability 1/2
     random_resized_crop: bool = False  # image sources, train split: a random part of the image, resized
     # random_resized_crop: [low, high], the range of the part's share of the image's area

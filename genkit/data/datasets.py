@@ -1,5 +1,5 @@
 """The dataset classes every source returns: float tensors in [-1, 1], CHW, one image an item (labels dropped), or
-float32 points [2].
+float32 points [2]; or, asked for labels, (image, class index) pairs.
 """
 
 from collections.abc import Callable
@@ -32,6 +32,24 @@ class Points(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         return self.points[index]
+
+
+class Labelled(Dataset):
+    """`images` with a class index each: item i is (images[i], int(labels[i])).
+
+    The labels are held as one int64 tensor [N] beside the images, so counting classes decodes no image.
+    """
+
+    def __init__(self, images: Dataset, labels: Tensor):
+        if len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
 
 
 class WithoutLabels(Dataset):

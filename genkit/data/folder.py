@@ -1,6 +1,5 @@
-"""The train split of every image source can be augmented, each switched on by its key: `data.random_resized_crop` (a
-random part of `data.crop_scale` of the image's area, resized to image_size) and `data.flip` (mirrored left-right with
-probability 1/2). The val split never is.
+"""The `folder` source: every image file under data.path, checked once (the verdicts cached in an index), split by
+sorted position; with labels, each direct subfolder of data.path is a class, as in torchvision's ImageFolder.
 """
 
 import hashlib
@@ -13,12 +12,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from genkit.data.config import DataConfig
+from genkit.data.datasets import Labelled
 from genkit.data.transforms import _tensor_transform
 from genkit.errors import GenkitError
 from genkit.files import cache_dir, write_text
@@ -135,6 +136,11 @@ def checked_images(root: Path, size: int) -> dict[Path, str | None]:
     index; every process decodes its share of the files the index has no verdict for at their current size and mtime;
     the main process writes the completed index back.
     """
+    return {root / relative: reason for relative, reason in _checked(root, size).items()}
+
+
+def _checked(root: Path, size: int) -> dict[str, str | None]:
+    """`checked_images(root, size)` keyed by each file's relative POSIX path; collective as it is."""
     state = process_state()
     index_path = folder_index_path(root)
     index = _read_index(index_path) if state.is_main_process else {}
@@ -150,43 +156,81 @@ def checked_images(root: Path, size: int) -> dict[Path, str | None]:
     entries = {relative: (*files[relative], known[relative]) for relative in files}
     if state.is_main_process and entries != index:
         _write_index(index_path, entries)
-    return {root / relative: known[relative] for relative in files}
+    return {relative: known[relative] for relative in files}
 
 
-def _folder(config: DataConfig, split: str) -> ImageFiles:
-    """The image files under data.path (recursive), split by sorted position, unreadable ones skipped or an error."""
+def _folder_root(config: DataConfig) -> Path:
+    """data.path, checked to be a folder."""
     if config.path is None:
         raise GenkitError("data.source=folder needs data.path, the folder of images")
     root = Path(config.path)
     if not root.is_dir():
         raise GenkitError(f"image folder {root} does not exist or is not a folder; set data.path to a folder of images")
-    reasons = checked_images(root, config.image_size)
-    paths = list(reasons)
-    if not paths:
-        raise GenkitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) under {root}; put images there or fix data.path")
-    # Split by position among all files, so a file's split does not depend on which others are corrupt.
-    split_paths = [path for index, path in enumerate(paths) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")]
-    if not split_paths:
+    return root
+
+
+def _folder_classes(relatives: list[str], root: Path) -> list[str]:
+    """The sorted names of the direct subfolders of `root` that the image files at `relatives` are in: the classes.
+
+    A subfolder without image files is no class (torchvision's ImageFolder refuses one). An image directly in `root`
+    has no class, which is an error rather than a skip: a label silently missing would shift the data's class shares.
+    """
+    loose = next((relative for relative in relatives if "/" not in relative), None)
+    if loose is not None:
         raise GenkitError(
-            f"the {split} split of {root} is empty: it has {len(paths)} image(s) and every {FOLDER_VAL_EVERY}th, "
+            f"image {root / loose} is in no class subfolder; with labels every image must be at "
+            "data.path/<class>/<image> (one subfolder a class, as torchvision's ImageFolder reads)"
+        )
+    return sorted({relative.split("/", 1)[0] for relative in relatives})
+
+
+def _folder_num_classes(config: DataConfig) -> int:
+    """How many classes the folder at data.path has; lists it, decoding nothing."""
+    root = _folder_root(config)
+    relatives = list(_image_files(root))
+    if not relatives:
+        raise GenkitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) under {root}; put images there or fix data.path")
+    return len(_folder_classes(relatives, root))
+
+
+def _folder(config: DataConfig, split: str, labels: bool = False) -> ImageFiles | Labelled:
+    """The image files under data.path (recursive), split by sorted position, unreadable ones skipped or an error;
+    with `labels`, each with the index of its class subfolder among `_folder_classes`.
+    """
+    root = _folder_root(config)
+    reasons = _checked(root, config.image_size)
+    relatives = list(reasons)
+    if not relatives:
+        raise GenkitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) under {root}; put images there or fix data.path")
+    # Classes come from every file, readable or not and of either split, so both splits and all runs agree on them.
+    classes = _folder_classes(relatives, root) if labels else []
+    # Split by position among all files, so a file's split does not depend on which others are corrupt.
+    split_files = [file for index, file in enumerate(relatives) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")]
+    if not split_files:
+        raise GenkitError(
+            f"the {split} split of {root} is empty: it has {len(relatives)} image(s) and every {FOLDER_VAL_EVERY}th, "
             "from the first, is held out for val; add images"
         )
-    readable = [path for path in split_paths if reasons[path] is None]
-    unreadable = [(path, reasons[path]) for path in split_paths if reasons[path] is not None]
+    readable = [relative for relative in split_files if reasons[relative] is None]
+    unreadable = [(root / relative, reasons[relative]) for relative in split_files if reasons[relative] is not None]
     if unreadable and config.strict:
         path, reason = unreadable[0]
         raise GenkitError(f"unreadable image {path} ({reason}); remove or replace it, or set data.strict=false")
     if not readable:
         path, reason = unreadable[0]
         raise GenkitError(
-            f"none of the {len(split_paths)} {split} images under {root} can be read (first {path}: {reason}); "
+            f"none of the {len(split_files)} {split} images under {root} can be read (first {path}: {reason}); "
             "replace them with readable images or fix data.path"
         )
     if unreadable and process_state().is_main_process:
         path, reason = unreadable[0]
         warnings.warn(
-            f"skipped {len(unreadable)} unreadable image(s) of {len(split_paths)} in the {split} split of {root}; "
+            f"skipped {len(unreadable)} unreadable image(s) of {len(split_files)} in the {split} split of {root}; "
             f"first {path}: {reason}. Set data.strict=true to make this an error",
             stacklevel=3,
         )
-    return ImageFiles(readable, config.image_size, _tensor_transform(config, split))
+    images = ImageFiles([root / relative for relative in readable], config.image_size, _tensor_transform(config, split))
+    if not labels:
+        return images
+    class_index = {name: index for index, name in enumerate(classes)}
+    return Labelled(images, torch.tensor([class_index[relative.split("/", 1)[0]] for relative in readable]))

@@ -1,6 +1,7 @@
 """Data sets from other libraries, read without network: a local Hugging Face `datasets` store (`hf`: saved with
 `save_to_disk`, an imagefolder or parquet files; needs the `hf` extra) and a torchvision.datasets class
-(`torchvision`, downloaded or read from disk).
+(`torchvision`, downloaded or read from disk). Asked for labels, an item is (image, class index): the store's
+`data.label_column`, or the torchvision dataset's own target.
 """
 
 import inspect
@@ -9,13 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
 import torchvision
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from genkit.data.config import DataConfig, image_channels
-from genkit.data.datasets import WithoutLabels
+from genkit.data.config import SPLITS, DataConfig, image_channels
+from genkit.data.datasets import Labelled, WithoutLabels
 from genkit.data.folder import FOLDER_VAL_EVERY, load_rgb
 from genkit.data.transforms import _image_transform, _tensor_transform
 from genkit.errors import GenkitError
@@ -44,8 +47,33 @@ class StoredImages(Dataset):
         return self.transform(load_rgb(source, self.size))
 
 
-def _hf(config: DataConfig, split: str) -> StoredImages:
-    """The image column of the local `datasets` store at data.path, in the store's splits or split like a folder."""
+def _hf(config: DataConfig, split: str, labels: bool = False) -> StoredImages | Labelled:
+    """The image column of the local `datasets` store at data.path, in the store's splits or split like a folder; with
+    `labels`, each image with its row's class index from data.label_column (`_hf_labels`).
+    """
+    whole, picked = _hf_rows(config, split)  # first: it makes a missing datasets library one clear error
+    import datasets
+
+    rows = whole if picked is None else whole.select(picked)
+    root, column = Path(config.path), config.image_column
+    if column not in rows.column_names:
+        raise GenkitError(
+            f"the dataset at {root} has no column {column!r} (it has {', '.join(rows.column_names)}); "
+            "set data.image_column to its image column"
+        )
+    if not isinstance(rows.features[column], datasets.Image):
+        raise GenkitError(
+            f"column {column!r} of the dataset at {root} holds {rows.features[column]}, not images; "
+            "set data.image_column to its image column"
+        )
+    # Undecoded, a row gives its image's encoded bytes or file path, which load_rgb decodes as the folder source does.
+    rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    images = StoredImages(rows, column, config.image_size, _tensor_transform(config, split))
+    return Labelled(images, _hf_labels(config, split, whole, picked)) if labels else images
+
+
+def _hf_rows(config: DataConfig, split: str) -> "tuple[datasets.Dataset, list[int] | None]":
+    """The split of the store at data.path as (a Dataset, which of its rows are the split; None: all), not empty."""
     try:
         import datasets
     except ImportError:
@@ -68,27 +96,72 @@ def _hf(config: DataConfig, split: str) -> StoredImages:
             f"could not load a dataset from {root}: {str(error).rstrip('.')}. Point data.path at a dataset saved "
             "with save_to_disk, an imagefolder or a folder of parquet files"
         ) from None
-    rows = _hf_split(store, split, root)
-    if len(rows) == 0:
+    whole, picked = _hf_split(store, split, root)
+    if (len(whole) if picked is None else len(picked)) == 0:
         raise GenkitError(
             f"the {split} split of the dataset at {root} is empty; add rows (a store without a "
             f"{'/'.join(HF_VAL_SPLITS)} split holds every {FOLDER_VAL_EVERY}th row of train, from the first, out "
             "for val)"
         )
-    column = config.image_column
+    return whole, picked
+
+
+def _hf_label_feature(config: DataConfig, rows: "datasets.Dataset") -> "datasets.ClassLabel | datasets.Value":
+    """The feature of data.label_column in `rows`: a ClassLabel or an integer Value, else a GenkitError."""
+    import datasets
+
+    root, column = Path(config.path), config.label_column
     if column not in rows.column_names:
         raise GenkitError(
             f"the dataset at {root} has no column {column!r} (it has {', '.join(rows.column_names)}); "
-            "set data.image_column to its image column"
+            "set data.label_column to its column of class labels"
         )
-    if not isinstance(rows.features[column], datasets.Image):
+    feature = rows.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        return feature
+    raise GenkitError(
+        f"column {column!r} of the dataset at {root} holds {feature}, not class labels (a ClassLabel or integer "
+        "column); set data.label_column to its column of class labels"
+    )
+
+
+def _hf_labels(config: DataConfig, split: str, whole: "datasets.Dataset", picked: list[int] | None) -> Tensor:
+    """The class index of every row of the split (`_hf_rows`): ClassLabel's index or the integer column's value."""
+    root, column = Path(config.path), config.label_column
+    _hf_label_feature(config, whole)
+    # The column of the whole split read as one Arrow array (milliseconds), then indexed: read through select()'s index
+    # mapping, a million rows took 13 s. No image is decoded.
+    values = whole.select_columns([column]).with_format("arrow")[:][column]
+    if values.null_count:
         raise GenkitError(
-            f"column {column!r} of the dataset at {root} holds {rows.features[column]}, not images; "
-            "set data.image_column to its image column"
+            f"column {column!r} of the dataset at {root} has {values.null_count} row(s) without a label; drop them or "
+            "set data.label_column to a column of class labels"
         )
-    # Undecoded, a row gives its image's encoded bytes or file path, which load_rgb decodes as the folder source does.
-    rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    return StoredImages(rows, column, config.image_size, _tensor_transform(config, split))
+    labels = torch.from_numpy(values.to_numpy().astype(np.int64))
+    labels = labels if picked is None else labels[torch.as_tensor(picked, dtype=torch.long)]
+    negative = (labels < 0).nonzero().flatten()
+    if len(negative):
+        row = int(negative[0])
+        raise GenkitError(
+            f"row {row} of the {split} split of the dataset at {root} has label {int(labels[row])} in column "
+            f"{column!r}; class labels must be 0, 1, ... (a ClassLabel's -1 means unlabelled): drop such rows or set "
+            "data.label_column"
+        )
+    return labels
+
+
+def _hf_num_classes(config: DataConfig) -> int:
+    """ClassLabel's num_classes, or for an integer column 1 + its largest value in train and val; decodes no image."""
+    whole, picked = _hf_rows(config, "train")
+    import datasets
+
+    feature = _hf_label_feature(config, whole)
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.num_classes
+    # Both splits, so that every val label is below num_classes too.
+    return 1 + max(int(_hf_labels(config, split, *_hf_rows(config, split)).max()) for split in SPLITS)
 
 
 def _hf_store(root: Path) -> "datasets.Dataset | datasets.DatasetDict":
@@ -104,8 +177,13 @@ def _hf_store(root: Path) -> "datasets.Dataset | datasets.DatasetDict":
     return datasets.load_dataset("parquet" if parquet else "imagefolder", data_dir=str(root))
 
 
-def _hf_split(store: "datasets.Dataset | datasets.DatasetDict", split: str, root: Path) -> "datasets.Dataset":
-    """The rows of `split`: the store's train and HF_VAL_SPLITS splits, else train's rows split as a folder's files."""
+def _hf_split(
+    store: "datasets.Dataset | datasets.DatasetDict", split: str, root: Path
+) -> "tuple[datasets.Dataset, list[int] | None]":
+    """The rows of `split`: the store's train and HF_VAL_SPLITS splits, else train's rows split as a folder's files.
+
+    Returned as (a Dataset, the positions of the split's rows in it; None: all of them).
+    """
     if isinstance(store, dict):  # a DatasetDict: named splits
         if "train" not in store:
             raise GenkitError(
@@ -113,13 +191,22 @@ def _hf_split(store: "datasets.Dataset | datasets.DatasetDict", split: str, root
             )
         held_out = next((name for name in HF_VAL_SPLITS if name in store), None)
         if held_out is not None:
-            return store["train" if split == "train" else held_out]
+            return store["train" if split == "train" else held_out], None
         store = store["train"]
-    return store.select([index for index in range(len(store)) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")])
+    return store, [index for index in range(len(store)) if (index % FOLDER_VAL_EVERY == 0) == (split == "val")]
 
 
-def _torchvision(config: DataConfig, split: str) -> WithoutLabels:
-    """torchvision.datasets.<name> at data.path (default data/<name>), its own train/held-out split, labels dropped."""
+def _torchvision(config: DataConfig, split: str, labels: bool = False) -> WithoutLabels | Labelled:
+    """torchvision.datasets.<name> at data.path (default data/<name>), its own train/held-out split; labels dropped,
+    or with `labels` kept as the dataset's own targets (`_torchvision_labels`).
+    """
+    dataset = _torchvision_dataset(config, split)
+    images = WithoutLabels(dataset)
+    return Labelled(images, _torchvision_labels(dataset, config.name)) if labels else images
+
+
+def _torchvision_dataset(config: DataConfig, split: str) -> Dataset:
+    """torchvision.datasets.<name> of `split`, its images transformed as the model reads them; items (image, target)."""
     name = config.name
     dataset_class = getattr(torchvision.datasets, name, None) if name else None
     if not (isinstance(dataset_class, type) and issubclass(dataset_class, Dataset)):
@@ -143,10 +230,71 @@ def _torchvision(config: DataConfig, split: str) -> WithoutLabels:
     # Converting to the mode image_channels promises keeps data and model in agreement for any dataset.
     mode = "L" if image_channels(config) == 1 else "RGB"
     try:
-        dataset = dataset_class(root, transform=_image_transform(config, split, mode), **arguments)
+        return dataset_class(root, transform=_image_transform(config, split, mode), **arguments)
     except (RuntimeError, OSError) as error:  # a failed download (URLError is an OSError) or missing files
         raise GenkitError(
             f"could not load torchvision dataset {name} into {root}: {error}. Download it on a machine with network "
             "access (or place the files there) and set data.path, or use data.source=crops for the embedded data"
         ) from None
-    return WithoutLabels(dataset)
+
+
+def _class_index(target: object) -> int | None:
+    """`target` as an integer, or None when it is something else (attributes, boxes, a mask, a caption, ...)."""
+    array = np.asarray(target)  # a Python or NumPy integer, or a 0-d integer tensor, is a 0-d integer array
+    return int(array) if array.ndim == 0 and array.dtype.kind in "iu" else None
+
+
+def _no_class_labels(name: str, index: int, target: object) -> GenkitError:
+    """The error for item `index` of torchvision dataset `name` whose `target` is no class index."""
+    what = f"target {target}" if isinstance(target, int) else f"a target of type {type(target).__name__}"
+    return GenkitError(
+        f"data.name={name} has no class labels: item {index} gives {what}, not a class index 0, 1, ...; "
+        "use a class-labelled dataset (e.g. CIFAR10, MNIST, STL10) for a class-conditional model"
+    )
+
+
+def _first_class_index(dataset: Dataset, name: str) -> int:
+    """The class index item 0 of `dataset` gives; a GenkitError when it gives none (e.g. CelebA's attributes)."""
+    target = dataset[0][1] if len(dataset) else 0
+    index = _class_index(target)
+    if index is None or index < 0:
+        raise _no_class_labels(name, 0, target if index is None else index)
+    return index
+
+
+def _torchvision_labels(dataset: Dataset, name: str) -> Tensor:
+    """The class index of every item of a torchvision `dataset`: the targets its items give.
+
+    Read from the list the dataset keeps of them (`targets`, `labels` or `_labels`, as torchvision's classes name it)
+    when one is a list of indices as long as the dataset that agrees with item 0, so no image is decoded beyond item 0;
+    else from every item (QMNIST's `targets`, for one, are rows of 8 numbers of which an item gives the first).
+    """
+    first = _first_class_index(dataset, name)
+    for attribute in ("targets", "labels", "_labels"):
+        try:
+            listed = np.asarray(getattr(dataset, attribute, None))
+        except (TypeError, ValueError):  # a ragged list, which holds no class indices
+            continue
+        if listed.shape == (len(dataset),) and listed.dtype.kind in "iu" and int(listed[0]) == first:
+            if listed.min() >= 0:
+                return torch.from_numpy(listed.astype(np.int64))
+            break  # unlabelled items (STL10's -1): the loop below names one
+    labels = []
+    for index in range(len(dataset)):
+        target = dataset[index][1]
+        label = _class_index(target)
+        if label is None or label < 0:
+            raise _no_class_labels(name, index, target if label is None else label)
+        labels.append(label)
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def _torchvision_num_classes(config: DataConfig) -> int:
+    """len(classes) of the train split, or 1 + the largest target of train and val when it has no `classes`."""
+    train = _torchvision_dataset(config, "train")
+    classes = getattr(train, "classes", None)
+    if classes is not None:
+        _first_class_index(train, config.name)  # a dataset with classes but other targets has no labels either
+        return len(classes)
+    val = _torchvision_dataset(config, "val")
+    return 1 + max(int(_torchvision_labels(dataset, config.name).max()) for dataset in (train, val))

