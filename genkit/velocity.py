@@ -73,11 +73,15 @@ class GradientVelocity:
 
 
 class DiffusersVelocity:
-    """A diffusers UNet2DModel with its DDPM-family scheduler as an EDM velocity.
+    """A diffusers U-Net with its DDPM-family scheduler as an EDM velocity, conditional when the U-Net is.
 
     sigma = sqrt((1 - alpha_bar) / alpha_bar) over the scheduler's table; the network sees the VP input
     x / sqrt(1 + sigma^2) at the fractional timestep found by linear interpolation of log sigma, and its
     epsilon prediction is the EDM velocity. Sigmas beyond the table's range use its end timesteps.
+
+    The condition of `__call__(x, sigma, condition)` is what the U-Net takes: class labels (long [B]) for a
+    class-conditional UNet2DModel (config `num_class_embeds`), embeddings (float [B, L, D]) for a
+    UNet2DConditionModel (config `cross_attention_dim`), None for an unconditional UNet2DModel.
     """
 
     PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -92,6 +96,13 @@ class DiffusersVelocity:
             )
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         self.log_sigmas = 0.5 * ((1 - alphas_cumprod) / alphas_cumprod).log()
+        # Read off the config rather than the class, so that this module needs no diffusers import.
+        config = getattr(unet, "config", {})
+        self.condition_argument: str | None = None
+        if config.get("cross_attention_dim") is not None:
+            self.condition_argument = "encoder_hidden_states"
+        elif config.get("num_class_embeds"):
+            self.condition_argument = "class_labels"
 
     @property
     def sigma_min(self) -> float:
@@ -118,15 +129,32 @@ class DiffusersVelocity:
         weight = timestep - low
         return ((1 - weight) * log_sigmas[low] + weight * log_sigmas[low + 1]).exp()
 
-    def velocity_and_bottleneck(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    def velocity_and_bottleneck(
+        self, x: Tensor, sigma: Tensor, condition: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The velocity and the U-Net's middle-block output pooled to 64 values (AMED predictors may read them)."""
-        return with_bottleneck(self.unet, lambda: self(x, sigma))
+        return with_bottleneck(self.unet, lambda: self(x, sigma, condition))
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def _condition(self, condition: Tensor | None) -> dict[str, Tensor]:
+        """The U-Net's keyword argument for `condition`; one error when it is missing or not taken."""
+        if (condition is None) != (self.condition_argument is None):
+            raise GenkitError(
+                f"this U-Net is conditional (it takes {self.condition_argument}): give it a condition (Field.bind)"
+                if condition is None
+                else "this U-Net is unconditional: call it without a condition"
+            )
+        if condition is None:
+            return {}
+        if self.condition_argument == "class_labels":
+            return {"class_labels": condition.long()}
+        return {"encoder_hidden_states": condition.to(self.unet.dtype)}
+
+    def __call__(self, x: Tensor, sigma: Tensor, condition: Tensor | None = None) -> Tensor:
         sigma_x = broadcast_time(sigma, x)
         c_in = 1 / (1 + sigma_x**2).sqrt()
         x_vp = c_in * x
-        output = self.unet(x_vp.to(self.unet.dtype), self.sigma_to_timestep(sigma)).sample.to(x.dtype)
+        timestep = self.sigma_to_timestep(sigma)
+        output = self.unet(x_vp.to(self.unet.dtype), timestep, **self._condition(condition)).sample.to(x.dtype)
         if self.prediction_type == "epsilon":
             return output
         if self.prediction_type == "v_prediction":
