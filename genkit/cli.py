@@ -113,10 +113,20 @@ def sample(args: argparse.Namespace) -> None:
         args.refine_step_size,
         args.batch_size,
         args.format,
+        classes="all" if args.classes else args.class_index,
+        guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
     )
     state = process_state()
     if state.is_main_process:
         print(f"{args.num} samples on {state.num_processes} process(es): {', '.join(map(str, written))}")
+
+
+def guidance(args: argparse.Namespace):
+    """The Guidance of --guidance W (None when not given: a conditional model then runs at w = 1)."""
+    from genkit.guidance import Guidance
+
+    return None if args.guidance is None else Guidance(args.guidance)
 
 
 def schedule_search(args: argparse.Namespace) -> None:
@@ -128,7 +138,7 @@ def schedule_search(args: argparse.Namespace) -> None:
     from genkit.schedules.gits import search_schedule
 
     state = process_state()
-    field = load_folder(Path(args.run_dir), state.device)
+    field = load_folder(Path(args.run_dir), state.device).for_draws(args.samples, args.seed, guidance(args))
     options = {"grid_points": args.grid_points, "teacher_steps": args.teacher_steps, "num_samples": args.samples}
     found = search_schedule(field, args.solver, args.nfe, args.schedule, **options, seed=args.seed, device=state.device)
     out = Path(args.out) if args.out else Run(args.run_dir).last_stage.schedules / f"{found.name}.json"
@@ -156,7 +166,7 @@ def schedule_learn(args: argparse.Namespace) -> None:
     from genkit.schedules.ld3 import learn_schedule
 
     state = process_state()
-    field = load_folder(Path(args.run_dir), state.device)
+    field = load_folder(Path(args.run_dir), state.device).for_draws(args.samples, args.seed, guidance(args))
     initial = load_schedule(Path(args.init), field) if args.init else None
     options = {"iterations": args.steps, "num_samples": args.samples, "teacher_steps": args.teacher_steps}
     options |= {"batch_size": args.batch_size, "seed": args.seed, "device": state.device}
@@ -231,6 +241,13 @@ def schedule_model_arguments(parser: argparse.ArgumentParser, schedule_help: str
     )
     parser.add_argument("--solver", default="euler", choices=list(samplers.BASELINES), help="default euler")
     parser.add_argument("--nfe", type=positive, required=True, help="exact number of network evaluations")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="conditional models: the guidance weight the schedule is made for (default 1); each draw's class is "
+        "drawn as in the training data",
+    )
     parser.add_argument(
         "--schedule",
         default=None,
@@ -318,6 +335,25 @@ def sample_arguments(command: argparse.ArgumentParser) -> None:
         "--refine-steps", type=count, default=0, help="GAN runs: Euler steps along the critic's field after G(z)"
     )
     command.add_argument("--refine-step-size", type=step_size, default=0.01, help="GAN runs: the Euler step")
+    which = command.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_index", type=count, default=None, help="conditional models: class K")
+    which.add_argument(
+        "--classes",
+        choices=["all"],
+        default=None,
+        help="conditional models: sample i of class i mod K (default: classes drawn as in the training data)",
+    )
+    command.add_argument(
+        "--guidance", type=float, default=None, help="conditional models: classifier-free guidance weight (default 1)"
+    )
+    command.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only for sigma in [LO, HI] (default: every sigma)",
+    )
     command.add_argument("--num", type=positive, default=64, help="how many samples")
     command.add_argument("--seed", type=count, default=0)
     command.add_argument(

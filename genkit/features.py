@@ -88,6 +88,14 @@ def digit_extractor(image_size: int = DIGITS_SIZE, epochs: int = EPOCHS) -> Extr
     )
 
 
+@torch.no_grad()
+def digit_classes(images: Tensor) -> Tensor:
+    """The digit classifier's class (0-9) of each image in [-1, 1]: the head of digit_extractor's features."""
+    extractor = digit_extractor()
+    features = extractor.features(images).to(next(extractor.network.parameters()))
+    return extractor.network.classifier.head(features).argmax(1).cpu()
+
+
 def torchscript_extractor(path: Path, image_size: int = INCEPTION_SIZE, name: str | None = None) -> Extractor:
     """A TorchScript feature network from a local file, fed 3-channel images in [-1, 1] of image_size."""
     path = Path(path)

@@ -18,6 +18,7 @@ unchanged. `field.draw_conditions(indices, seed)` draws sample i's class as in t
 """
 
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,17 @@ class Field:
                 f"[batch, {', '.join(map(str, conditioning.null.shape))}] ({kind})"
             )
         guided = Guided(conditioning.model, condition, conditioning.null, guidance, conditioning.sigma)
-        return Field(self.field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance)
+        field_id = f"{self.field_id} {guidance.label}"
+        return Field(field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance)
+
+    def for_draws(self, count: int, seed: int, guidance: Guidance | None = None) -> "Field":
+        """The field a batch of draws 0..count-1 is solved on: a conditional one bound to their classes (drawn as in
+        data from `seed`) with `guidance`, an unconditional one itself (a guidance is refused)."""
+        if self.conditioning is None:
+            if guidance is not None:
+                raise GenkitError(f"this model ({self.field_id}) is unconditional: it takes no guidance; drop it")
+            return self
+        return self.bind(self.draw_conditions(list(range(count)), seed), guidance)
 
     def draw_conditions(self, indices: list[int], seed: int) -> Tensor:
         """Sample i's class index, drawn as in the training data from the generator of (seed, i) (genkit.noise)."""
@@ -209,7 +220,7 @@ class FieldConfig:
     path: str = ""
     embeddings: str = ""  # diffusers UNet2DConditionModel: safetensors file of `embeddings` [K, L, D] and `null` [L, D]
     guidance: float = ranged(1.0, minimum=0)
-    guidance_interval: list[float] | None = None
+    guidance_interval: list[float] | None = ranged(None, minimum=0)
 
     def __post_init__(self):
         check_choice("field.kind", self.kind, FIELD_KINDS)
@@ -278,8 +289,22 @@ def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dt
     model = frozen(load_velocity_model(run.model), device, dtype)
     # The state at sigma_min is x~ = x_t / t with t = 1 / (1 + sigma_min): data is x~ / (1 + sigma_min).
     edm = EDMPath(data_scale=1 / (1 + EDMPath().sigma_min))
-    forms = [(model, RectifiedPath()), (RectifiedAsEDM(model), edm)]
-    return Field(flow_run_id(run.folder), data_shape(run.data), dtype or torch.float32, forms)
+    forms = lambda velocity: [(velocity, RectifiedPath()), (RectifiedAsEDM(velocity), edm)]  # noqa: E731
+    field_id, shape, dtype = flow_run_id(run.folder), data_shape(run.data), dtype or torch.float32
+    classes = getattr(model, "num_classes", 0)
+    if not classes:
+        return Field(field_id, shape, dtype, forms(model))
+    frequencies = torch.full((classes,), 1 / classes, dtype=torch.float64)
+    if run.classes.is_file():
+        frequencies = torch.tensor(json.loads(run.classes.read_text())["frequencies"], dtype=torch.float64)
+    conditioning = Conditioning(
+        model=model,
+        null=torch.tensor(classes),
+        forms=forms,
+        sigma=lambda t: (1 - t) / t,  # t = 1 / (1 + sigma) (RectifiedAsEDM)
+        frequencies=frequencies,
+    )
+    return Field(field_id, shape, dtype, [], conditioning)
 
 
 def flow_run_id(run: Path) -> str:

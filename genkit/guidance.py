@@ -37,10 +37,21 @@ class Guidance:
         if self.interval is not None and not 0 <= self.interval[0] <= self.interval[1]:
             raise GenkitError(f"the guidance interval must be [lo, hi] sigmas with 0 <= lo <= hi, got {self.interval}")
 
-    def record(self) -> dict:
-        """What a predictor or schedule made for this guidance stores, and compares on load."""
-        interval = None if self.interval is None else [float(s) for s in self.interval]
-        return {"weight": float(self.weight), "interval": interval}
+    @property
+    def label(self) -> str:
+        """How a bound field's id names this guidance: what a predictor or schedule made on it is made for."""
+        interval = "" if self.interval is None else f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
+        return f"guided(w={self.weight:g}{interval})"
+
+
+def guidance_mismatch(made_for: str, field_id: str) -> str | None:
+    """When two field ids differ only in their guidance, the sentence that says so (None otherwise)."""
+    made_base, _, made_guidance = made_for.partition(" guided(")
+    base, _, guidance = field_id.partition(" guided(")
+    if made_base != base or made_guidance == guidance:
+        return None
+    name = lambda part: f"guided({part}" if part else "no guidance"  # noqa: E731
+    return f"it was made for {name(made_guidance)}, not {name(guidance)}; make one for this guidance or use its own"
 
 
 class Guided:

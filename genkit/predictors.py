@@ -19,6 +19,7 @@ from torch import Tensor
 from genkit.config import check_choice, ranged
 from genkit.errors import GenkitError
 from genkit.files import saved_class
+from genkit.guidance import guidance_mismatch
 from genkit.paths import EDMPath
 from genkit.schedules.file import SavedSchedule, load_schedule
 from samplers import SOLVERS, AMEDPredictor
@@ -142,6 +143,9 @@ def load_predictor(folder: Path, field_id: str, settings: PredictorSettings | No
     if saved_class(folder) != PredictorModel.__name__:
         raise GenkitError(f"{folder} does not hold an AMED predictor; pass the model/ folder of an AMED distillation")
     predictor = PredictorModel.from_pretrained(folder)
+    mismatch = guidance_mismatch(predictor.config.field_id, field_id)
+    if mismatch:
+        raise GenkitError(f"the AMED predictor in {folder} does not fit: {mismatch}")
     wanted = {"field": field_id} | ({} if settings is None else asdict(settings))
     have = {"field": predictor.config.field_id} | predictor.tied_settings.tied()
     changed = [

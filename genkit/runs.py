@@ -7,7 +7,8 @@ A run folder `<output_dir>/<name>/` holds:
     metrics.jsonl    the logged metrics
     checkpoints/     step_<N>/ folders, the newest resumed by train.resume=latest (genkit.checkpoint)
     model/           the trained model, written last (so a run with model/ is finished): a velocity model (flow),
-                     generator/ and critic/ (gan), a tokenizer, or an AMED predictor (+ schedule.json)
+                     generator/ and critic/ (gan), a tokenizer, or an AMED predictor (+ schedule.json); a
+                     class-conditional flow's also holds classes.json (the share of each class in its data)
     samples/         what `genkit sample` writes
     schedules/       what `genkit schedule search` and `genkit schedule learn` write
 
@@ -37,6 +38,7 @@ class Run:
     """A run folder (module docstring): its config, kind, model, stages and the folders it writes to."""
 
     folder: Path
+    CLASSES = "classes.json"  # in model/: {"frequencies": [share of class k in the training data, ...]}
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -53,6 +55,11 @@ class Run:
     def model(self) -> Path:
         """The trained model's folder (a diffusers model folder is its own)."""
         return self.folder if self.is_diffusers else self.folder / MODEL
+
+    @property
+    def classes(self) -> Path:
+        """A class-conditional model's class shares (genkit.train.flow)."""
+        return self.model / self.CLASSES
 
     @property
     def samples(self) -> Path:

@@ -37,8 +37,9 @@ from torchvision.utils import save_image
 import samplers
 from genkit.data import data_shape
 from genkit.errors import GenkitError
-from genkit.fields import load_flow_run
+from genkit.fields import Field, load_flow_run
 from genkit.files import atomic
+from genkit.guidance import Guidance
 from genkit.metrics import as_uint8
 from genkit.models import load_gan
 from genkit.noise import initial_noise
@@ -63,15 +64,41 @@ def refine(field: GradientVelocity, x: Tensor, steps: int, step_size: float) -> 
     return samplers.euler(field, x, torch.linspace(0, steps * step_size, steps + 1, dtype=x.dtype))
 
 
+def conditions(field: Field, classes: int | str | None, seed: int) -> Callable[[list[int]], Tensor]:
+    """indices -> their classes: all `classes` (an int), i mod K ("all"), or drawn as in the data (None)."""
+    if classes is None:
+        return lambda indices: field.draw_conditions(indices, seed)
+    if classes == "all":
+        return lambda indices: torch.tensor(indices) % field.conditioning.num_classes
+    return lambda indices: torch.full((len(indices),), int(classes), dtype=torch.long)
+
+
 def flow_sampler(
-    run: Run, device: torch.device, seed: int, solver: str, nfe: int | None, schedule: str | None, predictor
+    run: Run,
+    device: torch.device,
+    seed: int,
+    solver: str,
+    nfe: int | None,
+    schedule: str | None,
+    predictor,
+    classes: int | str | None = None,
+    guidance: Guidance | None = None,
 ) -> tuple[Callable[[list[int]], Tensor], str]:
     """(indices -> samples of the run's velocity model with `solver`, the name of the setting).
 
     `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.schedules.file),
-    whose timesteps fix the NFE; a predictor brings its own schedule (genkit.predictors.load_distilled).
+    whose timesteps fix the NFE; a predictor brings its own schedule (genkit.predictors.load_distilled). A
+    class-conditional model solves sample i at its class (`conditions`) with `guidance` (default w = 1).
     """
-    field = load_flow_run(run.folder, device)
+    model = load_flow_run(run.folder, device)
+    if model.conditioning is None:
+        if classes is not None or guidance is not None:
+            raise GenkitError(f"{run.folder} holds an unconditional model: drop --class, --classes and --guidance")
+        field, bind = model, None
+    else:
+        bind = conditions(model, classes, seed)
+        # Checked on sample 0's class, so a class out of range fails before any sampling.
+        field = model.bind(bind([0]), guidance)
     spec, solver_opts = samplers.solver_spec(solver), None
     if schedule is not None and schedule not in samplers.SCHEDULES:
         schedule = load_schedule(Path(schedule), field)
@@ -106,9 +133,14 @@ def flow_sampler(
     field.form(schedule, solver)  # a schedule or solver that does not fit the field fails before any sampling
 
     def draw(indices: list[int]) -> Tensor:
-        return field.solve(initial_noise(indices, field.shape, seed).to(device), solver, nfe, schedule, solver_opts)
+        bound = field if bind is None else model.bind(bind(indices), guidance)
+        return bound.solve(initial_noise(indices, field.shape, seed).to(device), solver, nfe, schedule, solver_opts)
 
-    return draw, f"{solver}_nfe{nfe}_{schedule_name(schedule)}"
+    name = f"{solver}_nfe{nfe}_{schedule_name(schedule)}"
+    if bind is not None:
+        name += {None: "_classes_data", "all": "_classes_all"}.get(classes, f"_class{classes}")
+        name += f"_w{field.guidance.weight:g}" + ("" if field.guidance.interval is None else "_interval")
+    return draw, name
 
 
 def gan_sampler(
@@ -210,6 +242,9 @@ def draw_samples(
     refine_step_size: float = 0.01,
     batch_size: int = DEFAULT_BATCH_SIZE,
     output: str = "safetensors",
+    classes: int | str | None = None,
+    guidance: float | None = None,
+    guidance_interval: list[float] | None = None,
 ) -> list[Path]:
     """`num` samples of the run's model, identical for any process count, written under <model run>/samples/.
 
@@ -217,6 +252,8 @@ def draw_samples(
     others default to Euler at NFE 4 on the field's native schedule. GAN runs: the generator, optionally
     refined by `refine_steps` Euler steps along its critic's field. Each process draws `batch_size` samples at a
     time; the main process writes them as `output` (see OUTPUTS) and a picture. Returns [samples path, picture].
+    A class-conditional flow samples `classes` (class K, "all": i mod K, None: drawn as in its data) guided at
+    weight `guidance` (default 1) in `guidance_interval` (sigmas; default all).
     """
     if num < 1:
         raise GenkitError(f"the number of samples must be at least 1, got {num}")
@@ -229,6 +266,8 @@ def draw_samples(
             "use --format safetensors"
         )
     if run.kind == "gan":
+        if (classes, guidance, guidance_interval) != (None, None, None):
+            raise GenkitError("a GAN run is unconditional: drop --class, --classes and --guidance")
         if (solver, nfe, schedule, predictor) != (None, None, None, None):
             raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
         draw = gan_sampler(run, state.device, seed, refine_steps, refine_step_size)
@@ -236,7 +275,12 @@ def draw_samples(
     else:
         if refine_steps:
             raise GenkitError("--refine-steps follows a GAN critic; this run holds a velocity model")
-        draw, name = flow_sampler(run, state.device, seed, solver or DEFAULT_SOLVER, nfe, schedule, predictor)
+        guided = None
+        if guidance is not None or guidance_interval is not None:
+            interval = None if guidance_interval is None else tuple(guidance_interval)
+            guided = Guidance(1.0 if guidance is None else guidance, interval)
+        solver = solver or DEFAULT_SOLVER
+        draw, name = flow_sampler(run, state.device, seed, solver, nfe, schedule, predictor, classes, guided)
     stem = run.samples / f"{name}_seed{seed}"
     path, picture = Path(f"{stem}{OUTPUTS[output]}"), Path(f"{stem}.png")
     if state.is_main_process:

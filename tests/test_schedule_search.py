@@ -153,6 +153,10 @@ def test_genkit_schedule_search_writes_a_schedule_for_a_diffusers_model(tmp_path
     assert str(written.relative_to(tmp_path)) in result.stdout and "RMSE to the teacher" in result.stdout
     field = FieldConfig(kind="diffusers", path=str(tmp_path / "ddpm")).load()
     saved = load_schedule(written, field)
-    assert saved.solver == "dpmpp_2m" and len(saved.timesteps) == 4 and saved.timesteps[0].item() == pytest.approx(80)
+    # The search spans the model's own sigma range (the DDPM table's 157.4 down to 0.0100), not EDM's 80 to 0.002.
+    assert saved.solver == "dpmpp_2m" and len(saved.timesteps) == 4
+    ends = saved.timesteps[0].item(), saved.timesteps[-1].item()
+    assert ends == pytest.approx((field.edm_path.t_start, field.edm_path.t_end), rel=1e-9)
+    assert ends == pytest.approx((157.4, 0.0100), rel=1e-3)
     result = genkit(tmp_path, "schedule", "search", "ddpm", "--solver", "heun", "--nfe", "3")
     assert result.returncode == 2 and "cannot spend exactly nfe=3" in result.stderr

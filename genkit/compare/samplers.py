@@ -13,6 +13,11 @@ row (with the evaluations it spent and, for a flow, the field's straightness), `
 the val data.
 A ReFlow run is compared stage by stage (`stages`). Under `accelerate launch` the samples are split over processes;
 squared errors and feature statistics are summed exactly across them.
+
+A class-conditional field is compared at each weight of `guidance` (its config's guidance by default), one field
+row group a weight, sample i at its class drawn as in the training data (genkit.noise); `agreement` is the share of
+samples the digit classifier gives their requested class. NFE counts model calls: a guided call (w other than 0 and
+1) runs both branches on twice the batch. Predictors distilled here get one run per NFE and weight.
 """
 
 import dataclasses
@@ -20,6 +25,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -34,8 +40,9 @@ from genkit.compare.training import RunSpec, train_or_reuse
 from genkit.config import check_choice, ranged
 from genkit.data import DataConfig
 from genkit.errors import GenkitError
-from genkit.features import EXTRACTORS, load_extractor
+from genkit.features import EXTRACTORS, digit_classes, load_extractor
 from genkit.fields import Field, FieldConfig
+from genkit.guidance import Guidance
 from genkit.metrics import straightness
 from genkit.noise import initial_noise
 from genkit.paths import RectifiedPath
@@ -46,7 +53,7 @@ from genkit.schedules.file import SavedSchedule, load_schedule, schedule_name
 from genkit.tracking import RunLog
 from genkit.velocity import Velocity
 
-METRICS = ("rmse", *DISTANCES)
+METRICS = ("rmse", *DISTANCES, "agreement")
 DEFAULT_SCHEDULE = "default"  # each solver's usual schedule on the field (Field.default_schedule)
 REFERENCE_METHODS = ("DOP853", "RK45")
 REFERENCE_BAR_DELAY = 2.0  # seconds: only a long reference solve shows its bar
@@ -64,15 +71,17 @@ class DistillGrid:
     nfe: list[int] = ranged(lambda: [5], minimum=2)
     name: str = ""  # the distillation runs are <compare run>/predictors/<name>_nfe<NFE>; default: the config's stem
 
-    def specs(self, target: FieldConfig, folder: Path) -> list[RunSpec]:
-        """The AMED run of every NFE for the field `target`, in `folder`."""
+    def specs(self, target: FieldConfig, folder: Path, weights: list[float] = ()) -> list[RunSpec]:
+        """The AMED run of every NFE (and guidance weight, for a conditional field) for the field `target`."""
         stem = self.name or Path(self.config).stem
-        pinned = [f"field.{key}={json.dumps(value)}" for key, value in asdict(target).items()]
         specs = []
-        for nfe in self.nfe:
+        for nfe, weight in product(self.nfe, weights or [None]):
+            field = asdict(target) | ({} if weight is None else {"guidance": weight})
+            pinned = [f"field.{key}={json.dumps(value)}" for key, value in field.items()]
             afs = nfe % 2 == 1
             steps = (nfe + 3) // 2 if afs else nfe // 2 + 1
-            cell = [f"amed.num_steps={steps}", f"amed.afs={str(afs).lower()}", f"name={stem}_nfe{nfe}"]
+            name = f"{stem}_nfe{nfe}" + ("" if weight is None else f"_w{weight:g}")
+            cell = [f"amed.num_steps={steps}", f"amed.afs={str(afs).lower()}", f"name={name}"]
             specs.append(RunSpec(self.config, [*self.overrides, *pinned, *cell, f"output_dir={folder}"]))
         return specs
 
@@ -98,6 +107,7 @@ class SamplerGrid:
     extractor_path: str | None = None
     reference_data: DataConfig | None = None
     repeats: int = ranged(1, minimum=1)  # timed solves of a cell; `seconds` is their median
+    guidance: list[float] = ranged(list, minimum=0)  # conditional fields: the weights compared (default field.guidance)
 
     def __post_init__(self):
         for solver in self.solvers:
@@ -124,6 +134,12 @@ class SamplerGrid:
         return [schedule for schedule in self.schedules if schedule not in (DEFAULT_SCHEDULE, *samplers.SCHEDULES)]
 
 
+def predictor_field(predictor: Path) -> str:
+    """The id of the field the predictor in model folder `predictor` was distilled for."""
+    config = predictor / "config.json"
+    return json.loads(config.read_text()).get("field_id", "") if config.is_file() else ""
+
+
 def distilled_loss(predictor: Path) -> str | None:
     """The loss (amed.loss) the predictor in model folder `predictor` was distilled with, if its run folder says."""
     run = Run(predictor.parent)
@@ -139,6 +155,7 @@ class Cell:
     nfe: int
     schedule: str | SavedSchedule
     options: dict
+    field: str | None = None  # a predictor's cell runs only on the field (id) it was distilled for
 
 
 class EvaluationBar:
@@ -161,14 +178,28 @@ class SamplerComparison:
         self.grid, self.shared, self.accelerator = grid, shared, accelerator
         if grid.train_field is not None:
             run = train_or_reuse(grid.train_field, shared.run_overrides)
-            grid.field = FieldConfig(kind="flow_run", path=str(run.folder))
+            grid.field = dataclasses.replace(grid.field, kind="flow_run", path=str(run.folder))
         runs = [Path(grid.field.path) / stage for stage in grid.stages]
         configs = [FieldConfig(kind="flow_run", path=str(run)) for run in runs] or [grid.field]
-        self.fields = {
+        self.models = {
             run.name if grid.stages else "": config.load(accelerator.device)
             for run, config in zip(runs or [None], configs, strict=True)
         }
-        distances = [metric for metric in grid.metrics if metric != "rmse"]
+        # name -> (model, guidance): a conditional model once a guidance weight, an unconditional one as it is.
+        self.guided: dict[str, tuple[Field, Guidance | None]] = {}
+        interval = grid.field.guidance_setting().interval
+        for name, model in self.models.items():
+            if model.conditioning is None:
+                if grid.guidance:
+                    raise GenkitError("samplers.guidance compares guidance weights; this field is unconditional")
+                self.guided[name] = (model, None)
+            for weight in grid.guidance or ([grid.field.guidance] if model.conditioning else []):
+                self.guided[f"{name}w={weight:g}"] = (model, Guidance(weight, interval))
+        # Each field bound to sample 0's class: enough to check cells, schedules and predictors against it.
+        self.fields = {name: self.bound(name, [0]) for name in self.guided}
+        if "agreement" in grid.metrics and not all(model.conditioning for model in self.models.values()):
+            raise GenkitError("metric agreement scores requested classes; it needs a class-conditional field")
+        distances = [metric for metric in grid.metrics if metric not in ("rmse", "agreement")]
         extractor = load_extractor(grid.extractor, grid.extractor_path) if "fd" in distances else None
         shape = next(iter(self.fields.values())).shape
         if extractor is not None and len(shape) != 3:
@@ -177,9 +208,9 @@ class SamplerComparison:
         if distances:
             data = grid.reference_data or self.run_data()
             self.scorer = SampleScorer(data, distances, extractor, accelerator)
-        self.cells = self.grid_cells(next(iter(self.fields.values())), run_dir / "predictors")
-        for field in self.fields.values():
-            for cell in self.cells:
+        self.cells = self.grid_cells(run_dir / "predictors")
+        for name, field in self.fields.items():
+            for cell in self.field_cells(name):
                 field.form(cell.schedule, cell.solver)  # a schedule or solver that does not fit fails here
         self.plotted = [metric for metric in grid.metrics if metric not in ("modes", "near")]
         flows = any(isinstance(path, RectifiedPath) for field in self.fields.values() for _, path in field.forms)
@@ -198,9 +229,22 @@ class SamplerComparison:
             raise GenkitError("distance metrics on this field need samplers.reference_data, the data to compare with")
         return Run(Path(self.grid.field.path) / (self.grid.stages[0] if self.grid.stages else "")).data
 
-    def grid_cells(self, field: Field, predictor_folder: Path) -> list[Cell]:
-        """Baselines x schedules x NFE (a saved schedule: its own cells), then one cell per predictor."""
+    def bound(self, name: str, indices: list[int]) -> Field:
+        """Field `name` for samples `indices`: a conditional model bound to their classes (drawn as in data)."""
+        model, guidance = self.guided[name]
+        if guidance is None:
+            return model
+        return model.bind(model.draw_conditions(indices, self.shared.seed), guidance)
+
+    def field_cells(self, name: str) -> list[Cell]:
+        """The cells run on field `name`: every cell without a field, and the predictors made for it."""
+        return [cell for cell in self.cells if cell.field in (None, self.fields[name].field_id)]
+
+    def grid_cells(self, predictor_folder: Path) -> list[Cell]:
+        """Baselines x schedules x NFE (a saved schedule: its own cells), then one cell per predictor, on the
+        field (of the guidance weight) it was distilled for."""
         grid, cells = self.grid, []
+        field = next(iter(self.fields.values()))
         for solver in grid.solvers:
             for schedule in grid.schedules:
                 if schedule not in grid.schedule_files:
@@ -214,15 +258,17 @@ class SamplerComparison:
         for distill in grid.distill:
             paths += [
                 train_or_reuse(spec, self.shared.run_overrides).model
-                for spec in distill.specs(grid.field, predictor_folder)
+                for spec in distill.specs(grid.field, predictor_folder, grid.guidance)
             ]
         for path in paths:
-            distilled = load_distilled(path, field, self.accelerator.device)
+            made_for = next((f for f in self.fields.values() if f.field_id == predictor_field(path)), field)
+            distilled = load_distilled(path, made_for, self.accelerator.device)
             settings = distilled.settings
             method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
             method += "[bottleneck]" if settings.features == "bottleneck" else ""
             method += "[end_to_end]" if distilled_loss(path) == "end_to_end" else ""
-            cells.append(Cell(method, settings.solver, distilled.nfe, distilled.schedule, distilled.solver_options))
+            options = distilled.solver_options
+            cells.append(Cell(method, settings.solver, distilled.nfe, distilled.schedule, options, made_for.field_id))
         return cells
 
     def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
@@ -255,8 +301,18 @@ class SamplerComparison:
         sums = reduce(error.to(self.accelerator.device), "sum")
         return (sums[0] / sums[1]).sqrt().item()
 
-    def field_rows(self, name: str, field: Field, z: Tensor, log: RunLog, run_dir: Path) -> list[dict]:
-        """The rows of one field: every cell, then the accurate solve when asked for."""
+    def agreement(self, out: Tensor, labels: Tensor) -> float:
+        """The share of samples (over every process) the digit classifier gives their requested class."""
+        hits = (digit_classes(out).to(labels.device) == labels).sum() if len(out) else torch.tensor(0)
+        counts = torch.tensor([float(hits), float(len(out))], dtype=torch.float64, device=self.accelerator.device)
+        sums = reduce(counts, "sum")
+        return (sums[0] / sums[1]).item()
+
+    def field_rows(
+        self, name: str, field: Field, z: Tensor, log: RunLog, run_dir: Path, labels: Tensor | None
+    ) -> list[dict]:
+        """The rows of one field: every cell, then the accurate solve when asked for (`labels`: the requested
+        classes of a conditional field's samples)."""
         grid, rows, targets, reference_fd = self.grid, [], {}, {}
 
         def reference(schedule: str) -> tuple[Tensor, int]:
@@ -273,7 +329,7 @@ class SamplerComparison:
                 reference_fd[path] = self.scorer.score(reference(schedule)[0])["fd"]
             return fd - reference_fd[path]
 
-        for cell in self.cells:
+        for cell in self.field_cells(name):
             out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
             reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
             row = {"field": name, "method": cell.method, "solver": cell.solver}
@@ -284,6 +340,7 @@ class SamplerComparison:
                 if "rmse" in grid.metrics:
                     row["rmse"] = self.rmse(out, reference(field.form(cell.schedule, cell.solver)[1].schedules[0])[0])
                 row |= self.scorer.score(out) if self.scorer is not None else {}
+                row |= {"agreement": self.agreement(out, labels)} if "agreement" in grid.metrics else {}
                 if "fd" in row:
                     row["excess_fd"] = excess_fd(field.form(cell.schedule, cell.solver)[1].schedules[0], row["fd"])
                 if len(out):
@@ -298,6 +355,7 @@ class SamplerComparison:
                 {"rmse": 0.0} if "rmse" in grid.metrics else {}
             )
             row |= self.scorer.score(target) if self.scorer is not None else {}
+            row |= {"agreement": self.agreement(target, labels)} if "agreement" in grid.metrics else {}
             row |= {"excess_fd": 0.0} if "fd" in row else {}
             velocity, path = field.form(schedule)
             if isinstance(path, RectifiedPath):
@@ -316,9 +374,14 @@ class SamplerComparison:
             protocol |= self.scorer.protocol()
         with accelerator.split_between_processes(list(range(shared.num_samples))) as indices:
             z = initial_noise(indices, first.shape, shared.seed).to(accelerator.device, first.dtype)
+        if any(guidance is not None for _, guidance in self.guided.values()):
+            protocol["conditions"] = "classes drawn as in the training data: sample i's from generator (seed, i, 1)"
+            protocol["nfe_counts"] = "model calls; a guided call (w not 0 or 1) runs both branches on twice the batch"
         rows = []
         if grid.floor and self.scorer is not None:
             rows.append({"field": "", "method": "floor (train vs val)"} | self.scorer.floor(shared.num_samples))
-        for name, field in self.fields.items():
-            rows += self.field_rows(name, field, z.to(field.dtype), log, run_dir)
+        for name, (model, guidance) in self.guided.items():
+            field = self.bound(name, indices)
+            labels = model.draw_conditions(indices, shared.seed).to(accelerator.device) if guidance else None
+            rows += self.field_rows(name, field, z.to(field.dtype), log, run_dir, labels)
         return rows, protocol

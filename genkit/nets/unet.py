@@ -1,7 +1,9 @@
 """A rectified-flow velocity for images: a diffusers UNet2DModel fed 999 t, as the RectifiedFlow reference does.
 
 The network is a plain UNet2DModel: `save_pretrained` writes its diffusers folder, which diffusers loads without
-genkit, and `UNetVelocity.from_pretrained` wraps such a folder again.
+genkit, and `UNetVelocity.from_pretrained` wraps such a folder again. A class-conditional velocity v(x, t, c) has
+K + 1 class embeddings (diffusers' `num_class_embeds`): classes 0..K-1 and the null class K, which label dropout
+trains and classifier-free guidance's unconditional branch reads (genkit/guidance.py).
 """
 
 from pathlib import Path
@@ -16,7 +18,8 @@ from genkit.velocity import with_bottleneck
 
 
 class UNetVelocity(nn.Module):
-    """v(x, t) = unet(x, 999 t).sample for x [B, C, H, W] and t [B] in [0, 1]."""
+    """v(x, t, c) = unet(x, 999 t, class_labels=c).sample for x [B, C, H, W], t [B] in [0, 1] and, for a
+    class-conditional net, classes c [B] (None: the null class)."""
 
     def __init__(self, unet: UNet2DModel):
         super().__init__()
@@ -31,12 +34,13 @@ class UNetVelocity(nn.Module):
         layers_per_block: int = 1,
         norm_groups: int = 8,
         attention: bool = False,
+        num_classes: int = 0,
     ) -> "UNetVelocity":
         """An untrained U-Net with one down/up block per entry of block_channels, halving the resolution between them.
 
         attention=True makes the lowest-resolution blocks AttnDownBlock2D/AttnUpBlock2D and gives the middle block
         (also at that resolution) its self-attention. Parameters of the defaults: 635,427 for channels=3 (702,499 with
-        attention), 634,273 for 1.
+        attention), 634,273 for 1. num_classes=K > 0 adds K + 1 class embeddings (the last is the null class).
         """
         downsamples = len(block_channels) - 1
         if image_size % 2**downsamples:
@@ -60,8 +64,15 @@ class UNetVelocity(nn.Module):
                 down_block_types=("DownBlock2D",) * downsamples + (lowest_down,),
                 up_block_types=(lowest_up,) + ("UpBlock2D",) * downsamples,
                 add_attention=attention,
+                num_class_embeds=num_classes + 1 if num_classes else None,
             )
         )
+
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional net (classes 0..K-1, null class K), 0 for an unconditional one."""
+        embeddings = self.unet.config.num_class_embeds
+        return embeddings - 1 if embeddings else 0
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> "UNetVelocity":
@@ -72,9 +83,15 @@ class UNetVelocity(nn.Module):
         """The U-Net's diffusers folder: config.json and safetensors weights."""
         self.unet.save_pretrained(folder)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x, TIME_SCALE * t).sample
+    def forward(self, x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
+        if not self.num_classes:
+            if condition is not None:
+                raise GenkitError("this U-Net is unconditional: it takes no class")
+            return self.unet(x, TIME_SCALE * t).sample
+        if condition is None:
+            condition = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
+        return self.unet(x, TIME_SCALE * t, class_labels=condition).sample
 
-    def velocity_and_bottleneck(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """v(x, t) and the middle block's output (lowest resolution) as 64 pooled values, for AMED predictors."""
-        return with_bottleneck(self.unet, lambda: self(x, t))
+    def velocity_and_bottleneck(self, x: Tensor, t: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """v(x, t, c) and the middle block's output (lowest resolution) as 64 pooled values, for AMED predictors."""
+        return with_bottleneck(self.unet, lambda: self(x, t, condition))

@@ -26,6 +26,7 @@ from torch import Tensor
 import samplers
 from genkit.errors import GenkitError
 from genkit.files import write_json
+from genkit.guidance import guidance_mismatch
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
 
 if TYPE_CHECKING:  # genkit.fields solves on a SavedSchedule, so it imports this module
@@ -98,6 +99,9 @@ def load_schedule(path: Path, field: "Field") -> SavedSchedule:
     """The schedule saved at `path`, refused (one line naming both ids) unless it was made for this field."""
     schedule = read_schedule(path)
     if schedule.field_id != field.field_id:
+        mismatch = guidance_mismatch(schedule.field_id, field.field_id)
+        if mismatch:
+            raise GenkitError(f"the schedule in {path} does not fit: {mismatch}")
         raise GenkitError(
             f"the schedule in {path} was made for field {schedule.field_id}, not for this field {field.field_id}; "
             "search one for it (genkit schedule search)"

@@ -46,6 +46,8 @@ def learn_schedule(
             "an AMED predictor learns its timesteps with it (genkit train amed amed.loss=end_to_end "
             "amed.learn_timesteps=true)"
         )
+    if field.guidance is not None and batch_size not in (None, num_samples):
+        raise GenkitError("LD3 fits a conditional model on all its draws at once (each has its class); drop batch_size")
     started = time.perf_counter()
     if initial is not None:
         timesteps, init = initial.timesteps, initial.name

@@ -154,6 +154,11 @@ def start_states(field: Field, count: int, seed: int) -> Tensor:
     return field.edm_path.start(z).to(field.dtype)
 
 
+def start_conditions(field: Field | None, count: int, seed: int) -> Tensor | None:
+    """The classes of start_states' draws for a conditional field (drawn as in data, genkit.noise); None without."""
+    return None if field is None else field.draw_conditions(list(range(count)), seed)
+
+
 def teacher_states(field: Field, x: Tensor, settings: AmedSettings, timesteps: Tensor) -> Tensor:
     """The teacher's state at every student time: one solve on the nested `timesteps`, without AFS or predictor."""
     return teacher_trajectory(field.edm, x, timesteps, settings.teacher_steps + 1, settings.teacher)[0]
@@ -183,8 +188,16 @@ class AmedTrainer:
         device: torch.device,
         afs_statistics: tuple[Tensor, Tensor] | None = None,
     ):
-        """`afs_statistics`: the data's (mean, variance) for amed.afs_from=data, else data_statistics(config.field)."""
-        self.config, self.settings, self.field = config, config.amed, field
+        """`afs_statistics`: the data's (mean, variance) for amed.afs_from=data, else data_statistics(config.field).
+
+        A conditional `field` is distilled at each noise draw's class (drawn as in data) with config.field's guidance.
+        """
+        self.config, self.settings = config, config.amed
+        self.conditional = field if field.conditioning else None
+        self.guidance = config.field.guidance_setting()
+        # The field's id and paths, whatever the classes: a conditional one bound to a placeholder class.
+        self.field = field.bind(field.draw_conditions([0], 0), self.guidance) if self.conditional else field
+        field = self.field
         if self.settings.afs_from == "data":
             predictor = PredictorModel(field.field_id, self.settings.tied(), afs_shape=list(field.shape))
             predictor.set_afs_statistics(*(afs_statistics or data_statistics(config.field)))
@@ -208,7 +221,13 @@ class AmedTrainer:
             self.optimizers["timesteps"] = torch.optim.Adam(learned.parameters(), lr=self.settings.timestep_lr)
         # Noise no training batch draws: the seed is past the training stream's.
         self.validation_noise = start_states(field, VALIDATION_SAMPLES, config.train.seed + 1).to(device)
+        labels = start_conditions(self.conditional, VALIDATION_SAMPLES, config.train.seed + 1)
+        self.validation_field = self.bound(labels)
         self.validation_target, self.midpoint_rmse = None, None
+
+    def bound(self, labels: Tensor | None) -> Field:
+        """The field to distil on for a batch: the conditional one at the batch's classes, else the field."""
+        return self.field if labels is None else self.conditional.bind(labels, self.guidance)
 
     def optimizer_steps(self, steps: int) -> dict[str, int]:
         """Greedy: one predictor update per student interval, N - 1 a loop step; end to end: one a loop step."""
@@ -225,19 +244,20 @@ class AmedTrainer:
         return PreparedPredictor(self.models["predictor"], context.unwrap("predictor").features)
 
     def train_step(self, batch: list[Tensor], context: StepContext) -> dict[str, Tensor]:
-        (noise,) = batch
+        noise, labels = batch if len(batch) == 2 else (batch[0], None)
+        field = self.bound(labels)
         with torch.no_grad():
-            states = teacher_states(self.field, noise, self.settings, self.teacher_timesteps)
+            states = teacher_states(field, noise, self.settings, self.teacher_timesteps)
         if self.settings.loss == "end_to_end":
             # The wrapped models run the solve, so that two processes average their gradients.
             options = self.settings.solver_options(context.unwrap("predictor"))
             options["predictor"] = self.trained_predictor(context)
             timesteps = self.models["timesteps"]() if self.settings.learn_timesteps else self.timesteps
-            student = SOLVERS[self.settings.solver].function(self.field.edm, states[0], timesteps.to(noise), **options)
+            student = SOLVERS[self.settings.solver].function(field.edm, states[0], timesteps.to(noise), **options)
             loss = (student - states[-1]).pow(2).flatten(1).sum(1).mean()
             context.update(tuple(self.models), loss)
             return {"loss": loss.detach()}
-        predictor, velocity = self.trained_predictor(context), self.field.edm
+        predictor, velocity = self.trained_predictor(context), field.edm
         afs_options = context.unwrap("predictor").afs_options()
         x, history, losses = states[0], [], []
         for n in range(self.settings.num_steps - 1):
@@ -270,9 +290,11 @@ class AmedTrainer:
     def evaluate(self, context: StepContext, step: int) -> dict[str, float]:
         """RMSE to the teacher's final state on fixed noise, of the student and of DPM-Solver-2 on its timesteps."""
         rmse = lambda y: (y - self.validation_target).pow(2).mean().sqrt().item()  # noqa: E731
-        velocity, noise = self.field.edm, self.validation_noise
+        velocity, noise = self.validation_field.edm, self.validation_noise
         if self.validation_target is None:
-            self.validation_target = teacher_states(self.field, noise, self.settings, self.teacher_timesteps)[-1]
+            self.validation_target = teacher_states(
+                self.validation_field, noise, self.settings, self.teacher_timesteps
+            )[-1]
             self.midpoint_rmse = rmse(dpm_solver_2(velocity, noise, self.timesteps))
         predictor = context.unwrap("predictor")
         rs = []
@@ -310,5 +332,8 @@ def train(config: AmedRunConfig) -> dict[str, float]:
     config = config.resolved()
     loop = Loop(config.train, config.run_dir, config_dict(config))
     field = config.field.load(loop.device, loop.dtype)
-    noise = start_states(field, config.num_samples, config.train.seed)
-    return loop.run(AmedTrainer(config, field, loop.device), TensorDataset(noise))
+    paths = field.for_draws(1, 0, config.field.guidance_setting()) if field.conditioning else field
+    noise = start_states(paths, config.num_samples, config.train.seed)
+    labels = start_conditions(field if field.conditioning else None, config.num_samples, config.train.seed)
+    dataset = TensorDataset(noise) if labels is None else TensorDataset(noise, labels)
+    return loop.run(AmedTrainer(config, field, loop.device), dataset)

@@ -2,6 +2,11 @@
 
 The coupling (x0, x1) is independent noise and data for a 1-rectified flow, or the (z, Z1(z)) pairs of a
 previous flow for ReFlow; `time_sampling=zero` trains only at t = 0, the one-step distillation.
+
+With `flow.conditional` the U-Net also reads each image's class (its data's labels, genkit.data) and, with
+`flow.label_dropout` p > 0, the null class in place of it with probability p, which trains the unconditional branch
+classifier-free guidance needs (Ho & Salimans 2022). The class shares of the training data go with the model
+(`Run.classes`), so its samples draw classes as the data does.
 """
 
 import math
@@ -13,17 +18,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
-from genkit.data import DataConfig, build_dataset, data_shape, image_channels, validation_samples
+from genkit.data import (
+    DataConfig,
+    build_dataset,
+    data_shape,
+    image_channels,
+    label_frequencies,
+    num_classes,
+    validation_samples,
+)
 from genkit.errors import GenkitError
-from genkit.files import save_pretrained
+from genkit.files import save_pretrained, write_json
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.models import load_velocity_model
 from genkit.nets import VELOCITY_NETS, build_velocity_net
 from genkit.paths import RectifiedPath
+from genkit.runs import Run
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.loop import Loop, StepContext
 from genkit.train.pairs import PairDataset
 from samplers import euler, uniform
+from samplers.velocity import Velocity
 from tokenizers_img.precision import at_least_float32
 
 TIME_SAMPLING = ("uniform", "logit_normal", "zero")
@@ -62,8 +77,10 @@ class VelocityNetConfig:
                 f"config key model.block_channels={self.block_channels} must all be multiples of model.norm_groups"
             )
 
-    def build(self, shape: tuple[int, ...]) -> nn.Module:
-        """The untrained network for data of `shape`."""
+    def build(self, shape: tuple[int, ...], classes: int = 0) -> nn.Module:
+        """The untrained network for data of `shape` (and `classes` > 0 classes with a null one)."""
+        if classes and self.kind != "unet":
+            raise GenkitError("flow.conditional needs model.kind=unet, whose class embedding reads the labels")
         if self.kind == "mlp":
             return build_velocity_net("mlp", dim=math.prod(shape), hidden=self.hidden, depth=self.depth)
         if len(shape) != 3:
@@ -76,19 +93,25 @@ class VelocityNetConfig:
             layers_per_block=self.layers_per_block,
             norm_groups=self.norm_groups,
             attention=self.attention,
+            num_classes=classes,
         )
 
 
 @dataclass
 class FlowConfig:
-    """What the flow regresses on: the coupling (fresh noise, or `pairs`), time sampling, initial weights."""
+    """What the flow regresses on: the coupling (fresh noise, or `pairs`), time sampling, initial weights, and
+    whether it is class-conditional (with what share of labels dropped to the null class)."""
 
     time_sampling: str = "uniform"
     pairs: str | None = None
     init_from: str | None = None
+    conditional: bool = False
+    label_dropout: float = ranged(0.0, minimum=0, maximum=1)
 
     def __post_init__(self):
         check_choice("flow.time_sampling", self.time_sampling, TIME_SAMPLING)
+        if self.label_dropout and not self.conditional:
+            raise GenkitError("flow.label_dropout drops class labels; it needs flow.conditional=true")
 
 
 @register_task("flow")
@@ -107,6 +130,14 @@ class FlowRunConfig(RunConfig):
 
     def __post_init__(self):
         self.model.check_data(self.data)
+        if self.flow.conditional and self.flow.pairs:
+            raise GenkitError("a conditional flow on ReFlow pairs is not supported yet; train it on data")
+
+
+def drop_labels(labels: Tensor, probability: float, null: int) -> Tensor:
+    """`labels` with each replaced by the null class `null` with `probability`, independently."""
+    dropped = torch.rand(labels.shape, device=labels.device) < probability
+    return torch.where(dropped, torch.full_like(labels, null), labels)
 
 
 def sample_time(batch: int, how: str, device: torch.device) -> Tensor:
@@ -119,7 +150,7 @@ def sample_time(batch: int, how: str, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_flow(model: nn.Module, noise: Tensor, reference_data: Tensor) -> dict[str, float]:
+def evaluate_flow(model: Velocity, noise: Tensor, reference_data: Tensor) -> dict[str, float]:
     """Straightness, and the sliced Wasserstein distance to held-out data after 1, 4 and 32 Euler steps."""
     metrics = {"straightness": straightness(model, noise, nfe=32)}
     for nfe in (1, 4, 32):
@@ -133,14 +164,19 @@ class FlowTrainer:
 
     ema_model = "velocity"
 
-    def __init__(self, config: FlowRunConfig, shape: tuple[int, ...], reference_data: Tensor):
-        velocity = config.model.build(shape)
+    def __init__(
+        self, config: FlowRunConfig, shape: tuple[int, ...], reference_data: Tensor, labels: Tensor | None = None
+    ):
+        """`labels`: the classes of `reference_data` for a conditional flow, which its evaluation solves at."""
+        self.classes = num_classes(config.data) if config.flow.conditional else 0
+        velocity = config.model.build(shape, self.classes)
         if config.flow.init_from:
             velocity.load_state_dict(load_velocity_model(Path(config.flow.init_from)).state_dict())
         self.flow, self.path = config.flow, RectifiedPath()
         self.models = {"velocity": velocity}
         self.optimizers = {"velocity": config.optimizer.build(velocity.parameters())}
-        self.reference_data = reference_data
+        self.reference_data, self.labels = reference_data, labels
+        self.frequencies = label_frequencies(config.data).tolist() if self.classes else None
         generator = torch.Generator().manual_seed(config.train.seed)
         self.noise = torch.randn((len(reference_data), *shape), generator=generator)
 
@@ -148,31 +184,51 @@ class FlowTrainer:
         return {"velocity": steps}
 
     def train_step(self, batch: Tensor | list[Tensor], context: StepContext) -> dict[str, Tensor]:
+        labels = None
+        if self.classes:
+            batch, labels = batch
+            labels = drop_labels(labels, self.flow.label_dropout, self.classes)
         x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
         t = sample_time(len(x1), self.flow.time_sampling, x1.device).to(x1.dtype)
-        prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t)
+        conditions = () if labels is None else (labels,)
+        prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t, *conditions)
         loss = F.mse_loss(at_least_float32(prediction), at_least_float32(self.path.target(x0, x1, t)))
         context.update("velocity", loss)
         return {"loss": loss}
 
     def evaluate(self, context: StepContext, step: int) -> dict[str, float]:
-        model = context.unwrap("velocity").eval()
+        network = context.unwrap("velocity").eval()
         noise = context.to_device(self.noise)
+        if self.classes:  # solved at the reference images' own classes
+            labels = context.to_device(self.labels)
+            model = lambda x, t: network(x, t, labels[: len(x)])  # noqa: E731
+        else:
+            model = network
         metrics = evaluate_flow(model, noise, context.to_device(self.reference_data))
         if noise.ndim == 4:
             shown = noise[:32]
             context.log_images("samples_1step", euler(model, shown, uniform(2)), step)
             context.log_images("samples_32step", euler(model, shown, uniform(33)), step)
-        model.train()
+        network.train()
         return metrics
 
     def export(self, context: StepContext, folder: Path) -> None:
         save_pretrained(context.unwrap("velocity"), folder)
+        if self.classes:
+            write_json(folder / Run.CLASSES, {"frequencies": self.frequencies})
 
 
 def train(config: FlowRunConfig) -> dict[str, float]:
     """Train a rectified flow as `config` says; returns the last evaluation's metrics."""
     loop = Loop(config.train, config.run_dir, config_dict(config))
-    dataset = PairDataset(Path(config.flow.pairs)) if config.flow.pairs else build_dataset(config.data, "train")
-    trainer = FlowTrainer(config, data_shape(config.data), validation_samples(config.data, config.eval_samples))
+    conditional = config.flow.conditional
+    if config.flow.pairs:
+        dataset = PairDataset(Path(config.flow.pairs))
+    else:
+        dataset = build_dataset(config.data, "train", labels=conditional)
+    if conditional:
+        reference, labels = validation_samples(config.data, config.eval_samples, labels=True)
+        trainer = FlowTrainer(config, data_shape(config.data), reference, labels)
+    else:
+        trainer = FlowTrainer(config, data_shape(config.data), validation_samples(config.data, config.eval_samples))
     return loop.run(trainer, dataset)
