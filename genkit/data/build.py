@@ -9,8 +9,9 @@ from torch.utils.data import Dataset
 from genkit.data.config import SPLITS, DataConfig
 from genkit.data.datasets import Points
 from genkit.data.folder import _folder, _folder_num_classes
-from genkit.data.hub import _hf, _hf_num_classes, _torchvision, _torchvision_num_classes
+from genkit.data.hub import _hf, _hf_num_classes
 from genkit.data.shipped import MNIST_CLASSES, _crops, _mnist5k
+from genkit.data.torchvision_datasets import _torchvision, _torchvision_num_classes
 from genkit.errors import GenkitError
 from genkit.toys import TOYS
 
