@@ -14,6 +14,7 @@ from genkit.data import DataConfig, label_frequencies
 from genkit.errors import GenkitError
 from genkit.fields import FieldConfig, load_flow_run
 from genkit.guidance import Guidance
+from genkit.models import load_velocity_model
 from genkit.noise import initial_noise
 from genkit.predictors import load_distilled
 from genkit.runs import Run
@@ -21,7 +22,8 @@ from genkit.schedules.file import load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.train import flow
 from genkit.train.flow import drop_labels
-from samplers import reference
+from genkit.train.pairs import PairDataset
+from samplers import euler, reference, uniform
 
 TRAIN = {"steps": 3, "batch_size": 8, "tracker": "none", "log_every": 3, "eval_every": 100, "ema_decay": 0.0}
 DIGITS = {
@@ -90,6 +92,35 @@ def test_a_conditional_flow_keeps_its_class_shares_and_samples_each_class_as_its
     samples = load_file(run.samples / "euler_nfe2_uniform_classes_data_w1_seed0.safetensors")["samples"]
     expected = model.bind(model.draw_conditions(list(range(6)), 0)).solve(z, "euler", 2, "uniform")
     torch.testing.assert_close(samples, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reflow_of_a_conditional_flow_stays_conditional(tmp_path):
+    config = {
+        "task": "reflow",
+        "name": "reflow",
+        "output_dir": str(tmp_path / "runs"),
+        "eval_samples": 8,
+        "reflow_steps": 3,
+        "conditional": True,
+        "label_dropout": 0.2,
+        "data": DIGITS["data"],
+        "model": DIGITS["model"],
+        "pairs": {"num_pairs": 12, "shard_size": 8, "solver": "euler", "nfe": 2, "batch_size": 4},
+        "train": TRAIN,
+    }
+    (tmp_path / "reflow.yaml").write_text(yaml.safe_dump(config))
+    result = genkit(tmp_path, "train", "reflow.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "runs" / "reflow"
+    pairs = PairDataset(root / "pairs-1")
+    assert pairs.num_classes == 10 and pairs.c.shape == (12,)
+    # x_i is the first flow's Euler solve at pair i's class.
+    first = load_velocity_model(Run(root / "1-rf").model)
+    with torch.no_grad():
+        expected = euler(lambda x, t: first(x, t, pairs.c), pairs.z, uniform(3))
+    torch.testing.assert_close(pairs.x, expected, rtol=1e-5, atol=1e-5)
+    second = load_flow_run(root)
+    assert Run(root).last_stage.folder.name == "2-rf" and second.conditioning.num_classes == 10
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,23 @@ def test_one_euler_step_of_the_rectified_mixture_lands_on_the_data_mean(accelera
     torch.testing.assert_close(pairs.x, mean.expand_as(pairs.x), rtol=0, atol=1e-5)
 
 
+def test_conditional_pairs_solve_each_pair_at_its_class(accelerator, clean, tmp_path):
+    """Pair i carries a class c_i drawn as in the data, and x_i is the map of component c_i alone: the rectified flow
+    of N(mu, diag(s^2)) has x_t = t mu + sqrt(t^2 s^2 + (1 - t)^2) z, so it carries z to mu + s z."""
+    shares = MIXTURE.log_weights.exp()
+    generate(tmp_path / "classes", accelerator, field=MIXTURE.conditional_rectified, frequencies=shares)
+    pairs = PairDataset(tmp_path / "classes")
+    assert pairs.num_classes == 3 and len(pairs[17]) == 3 and pairs[17][2] == pairs.c[17]
+    assert set(pairs.c.tolist()) == {0, 1, 2}
+    assert torch.equal(pairs.z, PairDataset(clean).z), "the classes are drawn from their own stream"
+    exact = MIXTURE.means[pairs.c] + MIXTURE.variances[pairs.c].sqrt() * pairs.z.double()
+    torch.testing.assert_close(pairs.x.double(), exact, rtol=0, atol=1e-4)
+    # Not vacuous: the unconditional pairs of the same noise land elsewhere.
+    assert (PairDataset(clean).x - pairs.x).abs().max() > 0.1
+    with pytest.raises(GenkitError, match="was generated with classes=0, not classes=3"):
+        generate(clean, accelerator, field=never_called, frequencies=shares)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -130,8 +130,6 @@ class FlowRunConfig(RunConfig):
 
     def __post_init__(self):
         self.model.check_data(self.data)
-        if self.flow.conditional and self.flow.pairs:
-            raise GenkitError("a conditional flow on ReFlow pairs is not supported yet; train it on data")
 
 
 def drop_labels(labels: Tensor, probability: float, null: int) -> Tensor:
@@ -185,9 +183,10 @@ class FlowTrainer:
 
     def train_step(self, batch: Tensor | list[Tensor], context: StepContext) -> dict[str, Tensor]:
         labels = None
-        if self.classes:
-            batch, labels = batch
+        if self.classes:  # (images, labels), or ReFlow's (z, x, c)
+            *batch, labels = batch
             labels = drop_labels(labels, self.flow.label_dropout, self.classes)
+            batch = batch if self.flow.pairs else batch[0]
         x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
         t = sample_time(len(x1), self.flow.time_sampling, x1.device).to(x1.dtype)
         conditions = () if labels is None else (labels,)
@@ -224,6 +223,12 @@ def train(config: FlowRunConfig) -> dict[str, float]:
     conditional = config.flow.conditional
     if config.flow.pairs:
         dataset = PairDataset(Path(config.flow.pairs))
+        classes = num_classes(config.data) if conditional else 0
+        if dataset.num_classes != classes:
+            raise GenkitError(
+                f"the pairs in {config.flow.pairs} carry {dataset.num_classes or 'no'} classes, but this flow "
+                f"{'has ' + str(classes) if classes else 'is unconditional'}: generate them with the flow's own model"
+            )
     else:
         dataset = build_dataset(config.data, "train", labels=conditional)
     if conditional:

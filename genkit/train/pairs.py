@@ -5,13 +5,19 @@ seeded by (seed, k) alone, so a folder's content does not depend on how many pro
 often generation was resumed. Process r of P writes the shards k with k % P == r, each under a dot-prefixed
 temporary name renamed into place, so a shard file that exists is complete.
 
+A class-conditional model's pairs (`frequencies` given) carry a class each: c ~ Categorical(frequencies), drawn
+as in its training data from a generator seeded by (seed, k, 1), and x = Z1(z) solves the model at class c (guidance
+weight 1), so a ReFlow of a conditional flow stays conditional.
+
 Folder layout:
-    pairs_00000.safetensors ...   tensors "z" and "x", float32 [n, *shape]; metadata: the settings and "shard"
+    pairs_00000.safetensors ...   tensors "z" and "x", float32 [n, *shape] (and "c", int64 [n]: the classes); metadata:
+                                  the settings and "shard"
     pairs.json                    the settings and the shard names, written last: the folder is complete
 """
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import accelerate
@@ -24,7 +30,7 @@ from torch.utils.data import Dataset
 import samplers
 from genkit.errors import GenkitError
 from genkit.files import atomic, write_json
-from genkit.noise import generator
+from genkit.noise import CONDITION_KEY, generator
 from genkit.progress import progress
 from samplers.velocity import Velocity
 
@@ -34,6 +40,7 @@ REFERENCE_METHOD = "RK45"
 REFERENCE_TOLERANCE = 1e-5
 MANIFEST_NAME = "pairs.json"
 SETTINGS = ("seed", "solver", "nfe", "num_pairs", "shard_size", "shape")
+CLASSES = "classes"  # a setting of conditional pairs only: K, the number of classes (absent: unconditional pairs)
 
 
 def shard_names(num_pairs: int, shard_size: int) -> list[str]:
@@ -44,6 +51,16 @@ def shard_names(num_pairs: int, shard_size: int) -> list[str]:
 def _shard_noise(seed: int, index: int, count: int, shape: tuple[int, ...]) -> Tensor:
     """z ~ N(0, I) of shard `index`, [count, *shape] on the CPU: a function of (seed, index, count, shape) only."""
     return torch.randn((count, *shape), generator=generator(seed, index))
+
+
+def _shard_classes(seed: int, index: int, count: int, frequencies: Tensor) -> Tensor:
+    """The classes c [count] of shard `index`, drawn as in the data: a function of (seed, index, count) only."""
+    return torch.multinomial(frequencies, count, replacement=True, generator=generator(seed, index, CONDITION_KEY))
+
+
+def at_classes(field: Callable[[Tensor, Tensor, Tensor], Tensor], c: Tensor) -> Velocity:
+    """The conditional field(x, t, c) at the fixed classes c of a batch: a plain velocity."""
+    return lambda x, t: field(x, t, c)
 
 
 def _solve(field: Velocity, z: Tensor, solver: str, nfe: int) -> Tensor:
@@ -71,11 +88,11 @@ def _read_manifest(folder: Path) -> dict | None:
 
 def _check_settings(found: dict, settings: dict, source: Path) -> None:
     """GenkitError naming the first setting in which `found` (manifest or shard metadata) differs from `settings`."""
-    for key in SETTINGS:
+    for key in (*SETTINGS, CLASSES):
         # Shard metadata holds strings; str() of the manifest's and the requested values gives the same spelling.
-        if str(found[key]) != str(settings[key]):
+        if str(found.get(key, 0)) != str(settings.get(key, 0)):
             raise GenkitError(
-                f"{source} was generated with {key}={found[key]}, not {key}={settings[key]}: "
+                f"{source} was generated with {key}={found.get(key, 0)}, not {key}={settings.get(key, 0)}: "
                 "use another folder, or the settings it was generated with"
             )
 
@@ -99,15 +116,16 @@ def _check_shard(path: Path, settings: dict, index: int) -> None:
     if metadata["shard"] != str(index):
         raise corrupt(f"it holds shard {metadata['shard']}, not {index}")
     count = min(settings["shard_size"], settings["num_pairs"] - index * settings["shard_size"])
-    expected = ("F32", [count, *settings["shape"]])
-    if tensors != {"z": expected, "x": expected}:
-        raise corrupt(f"it holds {tensors}, expected z and x of dtype and shape {expected}")
+    expected = {"z": ("F32", [count, *settings["shape"]]), "x": ("F32", [count, *settings["shape"]])}
+    expected |= {"c": ("I64", [count])} if settings.get(CLASSES) else {}
+    if tensors != expected:
+        raise corrupt(f"it holds {tensors}, expected {expected}")
 
 
-def _write_shard(path: Path, z: Tensor, x: Tensor, metadata: dict[str, str]) -> None:
+def _write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     """Write one shard atomically: a killed write leaves only the dot-prefixed temporary, which a rerun overwrites."""
     with atomic(path) as temporary:
-        save_file({"z": z.contiguous(), "x": x.contiguous()}, temporary, metadata=metadata)
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, temporary, metadata=metadata)
 
 
 def check_solver(solver: str, nfe: int) -> None:
@@ -131,8 +149,12 @@ def generate_pairs(
     solver: str = "reference",
     nfe: int = 0,
     batch_size: int = 256,
+    frequencies: Tensor | None = None,
 ) -> list[Path]:
     """Write `num_pairs` pairs (z ~ N(0, I) of `shape`, x = ODE solution at t=1 from z at t=0) to `folder`.
+
+    With `frequencies` (the class shares of a conditional `field(x, t, c)`'s data), pair i also gets its class c_i and
+    x_i solves the field at c_i.
 
     Call it on every process, with an Accelerator or a bare PartialState (only its ranks and device are used).
     It returns the shard paths once the whole folder, manifest included, is written.
@@ -152,7 +174,7 @@ def generate_pairs(
         "num_pairs": num_pairs,
         "shard_size": shard_size,
         "shape": list(shape),
-    }
+    } | ({} if frequencies is None else {CLASSES: len(frequencies)})
     names = shard_names(num_pairs, shard_size)
 
     # Every process checks the whole folder before any writes, so a bad folder fails on all of them alike
@@ -173,13 +195,17 @@ def generate_pairs(
         for index in progress(mine, desc="pairs", unit="shard", disable=not accelerator.is_main_process):
             count = min(shard_size, num_pairs - index * shard_size)
             z = _shard_noise(seed, index, count, tuple(shape))
-            x = torch.cat(
-                [
-                    _solve(field, batch.to(accelerator.device), solver, nfe).to(device="cpu", dtype=torch.float32)
-                    for batch in z.split(batch_size)
-                ]
-            )
-            _write_shard(folder / names[index], z, x, {**metadata, "shard": str(index)})
+            tensors = {"z": z}
+            if frequencies is not None:
+                tensors["c"] = _shard_classes(seed, index, count, frequencies)
+            x = []
+            for start in range(0, count, batch_size):
+                batch = z[start : start + batch_size].to(accelerator.device)
+                velocity = field
+                if frequencies is not None:
+                    velocity = at_classes(field, tensors["c"][start : start + batch_size].to(accelerator.device))
+                x.append(_solve(velocity, batch, solver, nfe).to(device="cpu", dtype=torch.float32))
+            _write_shard(folder / names[index], tensors | {"x": torch.cat(x)}, {**metadata, "shard": str(index)})
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -190,7 +216,8 @@ def generate_pairs(
 
 
 class PairDataset(Dataset):
-    """All (z, x) pairs of a complete folder written by `generate_pairs`, each shard validated as it is loaded."""
+    """All (z, x) pairs (or (z, x, c) triples of conditional pairs) of a complete folder written by `generate_pairs`,
+    each shard validated as it is loaded."""
 
     def __init__(self, folder: Path):
         folder = Path(folder)
@@ -198,7 +225,7 @@ class PairDataset(Dataset):
         manifest = _read_manifest(folder)
         if manifest is None:
             raise incomplete
-        settings = {key: manifest[key] for key in SETTINGS}
+        settings = {key: manifest[key] for key in SETTINGS} | {CLASSES: manifest.get(CLASSES, 0)}
         shards = []
         for index, name in enumerate(shard_names(settings["num_pairs"], settings["shard_size"])):
             if not (folder / name).is_file():
@@ -207,9 +234,11 @@ class PairDataset(Dataset):
             shards.append(load_file(folder / name))
         self.z = torch.cat([shard["z"] for shard in shards])
         self.x = torch.cat([shard["x"] for shard in shards])
+        self.c = torch.cat([shard["c"] for shard in shards]) if settings[CLASSES] else None
+        self.num_classes = settings[CLASSES]
 
     def __len__(self) -> int:
         return len(self.z)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.z[index], self.x[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        return (self.z[index], self.x[index]) if self.c is None else (self.z[index], self.x[index], self.c[index])

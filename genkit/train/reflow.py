@@ -3,6 +3,10 @@
 Every stage has its own folder under `runs/<name>/` and counts as done once it has written its output
 (`model/` for a training stage, `pairs.json` for a pair stage): rerunning the pipeline skips finished
 stages and resumes an unfinished one from its last checkpoint.
+
+With `conditional: true` every stage is a class-conditional flow (with `label_dropout`, genkit.train.flow) and the
+pairs keep a class each, drawn as in the data, so that Z1(z) solves the previous stage at that class
+(genkit.train.pairs): the ReFlow of a conditional flow stays conditional.
 """
 
 import copy
@@ -13,7 +17,7 @@ from pathlib import Path
 import torch
 
 from genkit.config import RunConfig, config_dict, flat_config, ranged, register_task
-from genkit.data import DataConfig, data_shape, validation_samples
+from genkit.data import DataConfig, data_shape, label_frequencies, validation_samples
 from genkit.errors import GenkitError
 from genkit.files import write_json
 from genkit.models import load_velocity_model
@@ -22,7 +26,7 @@ from genkit.runs import Run
 from genkit.train import flow
 from genkit.train.config import OptimizerConfig, TrainConfig
 from genkit.train.flow import FlowConfig, FlowRunConfig, VelocityNetConfig, evaluate_flow
-from genkit.train.pairs import check_solver, generate_pairs
+from genkit.train.pairs import at_classes, check_solver, generate_pairs
 
 
 @dataclass
@@ -52,6 +56,8 @@ class ReflowRunConfig(RunConfig):
     reflow_steps: int = ranged(1000, minimum=1)
     distill_steps: int = ranged(0, minimum=0)
     time_sampling: str = "uniform"
+    conditional: bool = False
+    label_dropout: float = ranged(0.0, minimum=0, maximum=1)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="gmm"))
     model: VelocityNetConfig = field(default_factory=VelocityNetConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -90,6 +96,8 @@ def training_stage(config: ReflowRunConfig, stage: str, pairs: Path | None, init
             time_sampling=time_sampling,
             pairs=str(pairs) if pairs else None,
             init_from=str(init_from) if init_from else None,
+            conditional=config.conditional,
+            label_dropout=config.label_dropout,
         ),
         optimizer=config.optimizer,
         train=train,
@@ -133,6 +141,7 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
                     solver=settings.solver,
                     nfe=settings.nfe,
                     batch_size=settings.batch_size,
+                    frequencies=label_frequencies(config.data) if config.conditional else None,
                 )
                 ran = True
             pairs = folder
@@ -153,15 +162,21 @@ def run(config: ReflowRunConfig) -> dict[str, dict[str, float]]:
 
 @torch.no_grad()
 def summarize(config: ReflowRunConfig, root: Path) -> dict[str, dict[str, float]]:
-    """Straightness and 1/4/32-step distances to held-out data of every trained stage, on the same noise."""
-    reference_data = validation_samples(config.data, config.eval_samples)
+    """Straightness and 1/4/32-step distances to held-out data of every trained stage, on the same noise (a
+    conditional flow at the held-out images' classes)."""
+    if config.conditional:
+        reference_data, labels = validation_samples(config.data, config.eval_samples, labels=True)
+    else:
+        reference_data, labels = validation_samples(config.data, config.eval_samples), None
     generator = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn((len(reference_data), *data_shape(config.data)), generator=generator)
-    return {
-        stage: evaluate_flow(load_velocity_model(Run(root / stage).model), noise, reference_data)
-        for stage in stage_names(config)
-        if not stage.startswith("pairs")
-    }
+    summary = {}
+    for stage in stage_names(config):
+        if not stage.startswith("pairs"):
+            model = load_velocity_model(Run(root / stage).model)
+            velocity = model if labels is None else at_classes(model, labels)
+            summary[stage] = evaluate_flow(velocity, noise, reference_data)
+    return summary
 
 
 def format_summary(summary: dict[str, dict[str, float]]) -> str:
