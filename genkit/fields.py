@@ -43,6 +43,7 @@ from genkit.velocity import RectifiedAsEDM, Velocity
 FIELD_KINDS = ("mixture", "flow_run", "diffusers")
 SCHEDULER_FILE = "scheduler_config.json"
 Form = tuple[Velocity, ProbabilityPath]
+DRAWN_AS_IN_DATA = "classes drawn as in the training data"  # Field.conditions of draws from draw_conditions
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Conditioning:
 @dataclass
 class Field:
     """A velocity model in each form it can be solved in (native first), the shape and dtype of its samples, its id;
-    a conditional model's `conditioning` (then `forms` is empty until bound), a bound one's `guidance`."""
+    a conditional model's `conditioning` (then `forms` is empty until bound), a bound one's `guidance` and how its
+    `conditions` were chosen (what a schedule or predictor made on it records)."""
 
     field_id: str
     shape: tuple[int, ...]
@@ -74,15 +76,17 @@ class Field:
     forms: list[Form]
     conditioning: Conditioning | None = None
     guidance: Guidance | None = None
+    conditions: str = ""
 
     @property
     def schedules(self) -> tuple[str, ...]:
         return tuple(schedule for _, path in self.forms for schedule in path.schedules)
 
-    def bind(self, condition: Tensor, guidance: Guidance | None = None) -> "Field":
+    def bind(self, condition: Tensor, guidance: Guidance | None = None, conditions: str = "given") -> "Field":
         """The plain field of this conditional model at one condition a sample, guided by `guidance` (default w = 1).
 
-        `condition` is class indices [B] (long, 0..K-1) or, for an embedding model, embeddings [B, *null.shape].
+        `condition` is class indices [B] (long, 0..K-1) or, for an embedding model, embeddings [B, *null.shape];
+        `conditions` says how they were chosen.
         """
         conditioning, guidance = self.conditioning, guidance or Guidance()
         if conditioning is None:
@@ -107,7 +111,7 @@ class Field:
             )
         guided = Guided(conditioning.model, condition, conditioning.null, guidance, conditioning.sigma)
         field_id = f"{self.field_id} {guidance.label}"
-        return Field(field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance)
+        return Field(field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance, conditions)
 
     def for_draws(self, count: int, seed: int, guidance: Guidance | None = None) -> "Field":
         """The field a batch of draws 0..count-1 is solved on: a conditional one bound to their classes (drawn as in
@@ -116,7 +120,12 @@ class Field:
             if guidance is not None:
                 raise GenkitError(f"this model ({self.field_id}) is unconditional: it takes no guidance; drop it")
             return self
-        return self.bind(self.draw_conditions(list(range(count)), seed), guidance)
+        return self.bind(self.draw_conditions(list(range(count)), seed), guidance, DRAWN_AS_IN_DATA)
+
+    def made_for(self) -> dict:
+        """What a schedule or predictor made on this field records of its conditions: the guidance and how the
+        conditions were chosen (nothing for an unconditional field)."""
+        return {} if self.guidance is None else {"guidance": self.guidance.label, "conditions": self.conditions}
 
     def draw_conditions(self, indices: list[int], seed: int) -> Tensor:
         """Sample i's class index, drawn as in the training data from the generator of (seed, i) (genkit.noise)."""

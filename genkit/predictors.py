@@ -83,11 +83,18 @@ class PredictorModel(ModelMixin, ConfigMixin):
     """An AMEDPredictor (docs/amed.md §5) saved with the id of the field it was distilled for and its settings.
 
     `afs_shape`, the shape of one sample, when it keeps the data's mean and variance for the data-aware first step
-    (buffers `afs_mean`, `afs_var`, set by `set_afs_statistics`); None for the zero-mean one.
+    (buffers `afs_mean`, `afs_var`, set by `set_afs_statistics`); None for the zero-mean one. `made_for`: a conditional
+    field's guidance and how its conditions were drawn (`Field.made_for`), recorded; the guidance is also in field_id.
     """
 
     @register_to_config
-    def __init__(self, field_id: str = "", settings: dict | None = None, afs_shape: list[int] | None = None):
+    def __init__(
+        self,
+        field_id: str = "",
+        settings: dict | None = None,
+        afs_shape: list[int] | None = None,
+        made_for: dict | None = None,
+    ):
         super().__init__()
         self.tied_settings = PredictorSettings(**(settings or {}))
         self.register_to_config(settings=self.tied_settings.tied())

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from launching import genkit
+from launching import genkit, genkit_on_two_ranks
 from safetensors.torch import load_file
 
 from genkit.config import load_config
@@ -94,6 +94,21 @@ def test_a_conditional_flow_keeps_its_class_shares_and_samples_each_class_as_its
     torch.testing.assert_close(samples, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_guided_samples_are_the_same_on_one_or_two_processes(runs):
+    arguments = ["sample", "runs/digits", "--nfe", "3", "--num", "7", "--batch-size", "3", "--guidance", "2"]
+    one = genkit(runs, *arguments)
+    assert one.returncode == 0, one.stderr[-2000:]
+    path = runs / "runs" / "digits" / "samples" / "euler_nfe3_uniform_classes_data_w2_seed0.safetensors"
+    single = load_file(path)["samples"]
+    path.unlink()
+    two = genkit_on_two_ranks(runs, *arguments)
+    assert two.returncode == 0 and "on 2 process(es)" in two.stdout, two.stderr[-2000:]
+    # Batch k holds samples 3k..3k+2 at their own classes on any number of processes: the same operations, up to the
+    # float32 round-off of convolutions that a launched process (one thread) sums in another order than this one; a
+    # wrong class or noise index moves samples by ~1.
+    torch.testing.assert_close(load_file(path)["samples"], single, rtol=0, atol=1e-4)
+
+
 def test_a_reflow_of_a_conditional_flow_stays_conditional(tmp_path):
     config = {
         "task": "reflow",
@@ -157,6 +172,8 @@ def test_amed_distils_on_the_guided_field_and_refuses_another_guidance(tmp_path)
     guided = model.bind(labels, Guidance(2.0))
     distilled = load_distilled(tmp_path / "runs" / "w2" / "model", guided)
     assert distilled.predictor.config.field_id == guided.field_id and guided.field_id.endswith("guided(w=2)")
+    made_for = {"guidance": "guided(w=2)", "conditions": "classes drawn as in the training data"}
+    assert distilled.predictor.config.made_for == made_for
     with pytest.raises(GenkitError, match=r"made for guided\(w=2\), not guided\(w=4\)"):
         load_distilled(tmp_path / "runs" / "w2" / "model", model.bind(labels, Guidance(4.0)))
 
@@ -165,6 +182,7 @@ def test_a_searched_schedule_is_made_for_its_guidance(tmp_path):
     model = FieldConfig(**MIXTURE).load()
     found = search_schedule(model.for_draws(32, 0, Guidance(3.0)), "euler", 4, grid_points=16, num_samples=32)
     assert found.field_id.endswith("guided(w=3)")
+    assert found.settings["guidance"] == "guided(w=3)" and found.settings["conditions"].startswith("classes drawn as")
     save_schedule(found, tmp_path / "s.json")
     load_schedule(tmp_path / "s.json", model.for_draws(8, 1, Guidance(3.0)))
     with pytest.raises(GenkitError, match=r"made for guided\(w=3\), not guided\(w=1\)"):

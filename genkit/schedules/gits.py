@@ -59,6 +59,6 @@ def search_schedule(
     settings = {"method": "gits", "schedule": schedule, "grid_points": grid_points, "grid_indices": indices}
     settings |= {"teacher": TEACHER, "teacher_steps": teacher_steps, "num_samples": num_samples, "seed": seed}
     settings |= {"cost": total, "rmse_to_teacher": searched, f"rmse_to_teacher_{schedule}": usual}
-    settings |= {"seconds": time.perf_counter() - started}
+    settings |= {"seconds": time.perf_counter() - started} | field.made_for()
     name = f"gits_{solver}_nfe{nfe}_{schedule}"
     return SavedSchedule(field.field_id, time_of(path), timesteps, solver, name, settings)

@@ -79,5 +79,5 @@ def learn_schedule(
     settings = {"method": "ld3", "init": init, "iterations": iterations, "lr": lr, "batch_size": batch_size}
     settings |= {"teacher": TEACHER, "teacher_steps": teacher_steps, "num_samples": num_samples, "seed": seed}
     settings |= {"loss": min(history), "rmse_to_teacher": fitted, "rmse_to_teacher_init": start}
-    settings |= {"seconds": time.perf_counter() - started}
+    settings |= {"seconds": time.perf_counter() - started} | field.made_for()
     return SavedSchedule(field.field_id, time_of(path), learned, solver, f"ld3_{solver}_nfe{nfe}_{init}", settings)

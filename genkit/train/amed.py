@@ -36,7 +36,7 @@ from torch.utils.data import TensorDataset
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import build_dataset
 from genkit.errors import GenkitError
-from genkit.fields import Field, FieldConfig
+from genkit.fields import DRAWN_AS_IN_DATA, Field, FieldConfig
 from genkit.files import atomic
 from genkit.gaussian_mixture import GaussianMixture
 from genkit.paths import nested_timesteps
@@ -196,13 +196,15 @@ class AmedTrainer:
         self.conditional = field if field.conditioning else None
         self.guidance = config.field.guidance_setting()
         # The field's id and paths, whatever the classes: a conditional one bound to a placeholder class.
-        self.field = field.bind(field.draw_conditions([0], 0), self.guidance) if self.conditional else field
+        self.field = field
+        if self.conditional:
+            self.field = field.bind(field.draw_conditions([0], 0), self.guidance, DRAWN_AS_IN_DATA)
         field = self.field
         if self.settings.afs_from == "data":
-            predictor = PredictorModel(field.field_id, self.settings.tied(), afs_shape=list(field.shape))
+            predictor = PredictorModel(field.field_id, self.settings.tied(), list(field.shape), field.made_for())
             predictor.set_afs_statistics(*(afs_statistics or data_statistics(config.field)))
         else:
-            predictor = PredictorModel(field.field_id, self.settings.tied())
+            predictor = PredictorModel(field.field_id, self.settings.tied(), made_for=field.made_for())
         self.models = {"predictor": predictor}
         self.optimizers = {"predictor": config.optimizer.build(predictor.parameters())}
         self.saved_schedule = saved_student_schedule(self.settings, field)
