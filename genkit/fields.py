@@ -249,7 +249,17 @@ class FieldConfig:
         return Guidance(self.guidance, interval)
 
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
-        """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given)."""
+        """The field on `device`, its networks frozen in eval mode (and cast to `dtype` when given); a guidance other
+        than the default for an unconditional model is refused."""
+        field = self._load(device, dtype)
+        if field.conditioning is None and (self.guidance != 1 or self.guidance_interval is not None):
+            raise GenkitError(
+                f"field.guidance and field.guidance_interval apply to conditional models; this one ({field.field_id}) "
+                "is unconditional: drop them"
+            )
+        return field
+
+    def _load(self, device: torch.device | str, dtype: torch.dtype | None) -> Field:
         if self.kind == "mixture":
             mixture = GaussianMixture.random(self.components, tuple(self.shape), self.seed, self.diagonal)
             field_id = (

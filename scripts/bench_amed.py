@@ -1,10 +1,7 @@
 """AMED-Solver and AMED-Plugin(iPNDM) against the baselines at NFE 3-10 (docs/amed.md §9 for the paper's numbers).
 
-Runs `genkit compare` on configs/compare/bench_amed_mixture.yaml and bench_amed_digits.yaml (their comments give
-the protocol: every AMED cell distils its own predictor there, reused on reruns), then prints the paper-side tables:
-terminal RMSE and digit FD by NFE, distillation seconds, the goal line (AMED-Plugin at NFE 5 against the best
-baseline at NFE 5; the paper has 2x on CIFAR-10 FID) and slope vs bottleneck features at NFE 5. `--only` runs one
-field; `--quick` is a smoke run (tiny budgets, its own folders). Writes runs/bench_amed.json (or _quick).
+Runs `genkit compare` on configs/compare/bench_amed_{mixture,digits}.yaml and prints RMSE, digit FD and distillation
+seconds by NFE and the goal line; protocol, flags and numbers: docs/benchmarks.md. Writes runs/bench_amed.json.
 """
 
 from pathlib import Path
@@ -14,7 +11,6 @@ from genkit.compare.output import chosen, distil_seconds, pivot, print_pivot, sc
 from genkit.config import load_config
 from samplers import BASELINES
 
-REPO = Path(__file__).resolve().parent.parent
 FIELDS = ("mixture", "digits")
 PAPER_CIFAR10_FID = {  # docs/amed.md §9, at NFE 3..10
     "ipndm": {3: 47.98, 5: 13.59, 7: 5.08, 9: 3.17},
@@ -49,7 +45,7 @@ if __name__ == "__main__":
     args = script_parser(__doc__, only=FIELDS, quick=True).parse_args()
     results = {"paper_cifar10_fid": PAPER_CIFAR10_FID}
     for field in chosen(FIELDS, args.only):
-        config = load_config(REPO / f"configs/compare/bench_amed_{field}.yaml", QUICK if args.quick else [])
+        config = load_config(f"compare/bench_amed_{field}", QUICK if args.quick else [])
         if args.quick:  # smoke-test budgets in its own folders: NFE 3-5, two training steps a run
             config.name += "-quick"
             for grid in config.samplers.distill:
@@ -58,4 +54,4 @@ if __name__ == "__main__":
                 config.samplers.train_field.overrides = QUICK_FIELD
         results[field] = report(field, config, compare.run(config))
     print_pivot("CIFAR-10 FID in the paper", PAPER_CIFAR10_FID, list(range(3, 11)), ".2f")
-    write_report(REPO / "runs" / ("bench_amed_quick.json" if args.quick else "bench_amed.json"), results)
+    write_report(Path("runs") / ("bench_amed_quick.json" if args.quick else "bench_amed.json"), results)

@@ -1,9 +1,7 @@
 """The baseline solvers: terminal error per NFE, and wall time beyond the network's (configs/compare/bench_samplers*).
 
-Error: `genkit compare configs/compare/bench_samplers.yaml` (RMSE against DOP853 on a 768-dim mixture, NFE 3-12).
-Overhead: the same solvers drive a random 0.65M-parameter diffusers U-Net (float32, CPU, batch 16) at NFE 4 and 10;
-overhead = a solve's median wall time / (NFE x the median time of one field call): 1.00 means the solver's own
-arithmetic is free next to the network. Prints both tables and writes runs/bench_samplers.json.
+Prints the RMSE against DOP853 on a 768-dim mixture and each solver's overhead on a random 0.65M-parameter U-Net
+(protocol: docs/benchmarks.md); writes runs/bench_samplers.json.
 """
 
 import statistics
@@ -18,8 +16,7 @@ from genkit.compare.output import pivot, print_pivot, wall_seconds, write_report
 from genkit.config import load_config
 from genkit.fields import FieldConfig
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS, UNET = REPO / "configs" / "compare", REPO / "runs" / "bench_samplers" / "unet"
+UNET = Path("runs/bench_samplers/unet")
 
 
 def save_unet() -> None:
@@ -42,13 +39,13 @@ def call_seconds(calls: int = 15) -> float:
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    rmse = pivot(compare.cells(compare.run(load_config(CONFIGS / "bench_samplers.yaml"))), "rmse")
+    rmse = pivot(compare.cells(compare.run(load_config("compare/bench_samplers"))), "rmse")
     if not UNET.is_dir():
         save_unet()
-    timing = pivot(compare.cells(compare.run(load_config(CONFIGS / "bench_samplers_overhead.yaml"))), "seconds")
+    timing = pivot(compare.cells(compare.run(load_config("compare/bench_samplers_overhead"))), "seconds")
     call = call_seconds()
     overhead = {solver: {nfe: seconds / (nfe * call) for nfe, seconds in row.items()} for solver, row in timing.items()}
     print_pivot("Terminal RMSE vs DOP853 (rows solver, columns NFE)", rmse, None, ".2e")
     print_pivot(f"Overhead = wall / (NFE x one U-Net call of {call * 1e3:.1f} ms)", overhead, None, ".2f")
     result = {"rmse": rmse, "unet_call_seconds": call, "overhead": overhead, "torch": torch.__version__}
-    write_report(REPO / "runs" / "bench_samplers.json", result, start)
+    write_report(Path("runs/bench_samplers.json"), result, start)

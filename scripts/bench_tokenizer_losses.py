@@ -1,10 +1,7 @@
 """The tokenizer losses side by side: L1 alone, + perceptual, + perceptual + adversarial, + adversarial alone.
 
-Runs `genkit compare` on configs/compare/bench_tokenizer_losses_{digits,crops}.yaml (their comments give the
-protocol; runs are trained there, finished ones reused) and prints, per data set and loss, the mean over seeds of
-PSNR, SSIM, rFD (digit features) or rFID (Inception), codebook usage and training images/s (the median over the
-second half of training), with the spread (max - min over the seeds) of each. `--only digits|crops`. Results go to
-runs/bench_tokenizer_losses.json.
+Runs `genkit compare` on configs/compare/bench_tokenizer_losses_{digits,crops}.yaml and prints each loss's metrics as
+the mean (spread) over seeds (protocol: docs/benchmarks.md). Writes runs/bench_tokenizer_losses.json.
 """
 
 import json
@@ -15,7 +12,6 @@ from genkit import compare
 from genkit.compare.output import chosen, print_table, script_parser, write_report
 from genkit.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
 LOSSES = ("l1", "perceptual", "adversarial", "gan")  # gan: the adversarial term without the perceptual one
 COLUMNS = ("psnr", "ssim", "rfd", "codebook_usage", "train_images_per_second")
 
@@ -42,12 +38,10 @@ if __name__ == "__main__":
     only = script_parser(__doc__, only=("digits", "crops")).parse_args().only
     report = {}
     for data in chosen(("digits", "crops"), only):
-        result = compare.run(load_config(REPO / f"configs/compare/bench_tokenizer_losses_{data}.yaml"))
-        report[data] = table = by_loss(result, REPO / "runs" / "bench_tokenizer_losses")
+        result = compare.run(load_config(f"compare/bench_tokenizer_losses_{data}"))
+        report[data] = table = by_loss(result, Path("runs/bench_tokenizer_losses"))
         distance = "rFD (digits)" if data == "digits" else "rFID (Inception)"
-        spread = {
-            loss: {c: f"{statistics.mean(v):.4g} ({max(v) - min(v):.2g})" for c, v in table[loss].items()}
-            for loss in LOSSES
-        }
+        mean_spread = lambda v: f"{statistics.mean(v):.4g} ({max(v) - min(v):.2g})"  # noqa: E731
+        spread = {loss: {column: mean_spread(v) for column, v in table[loss].items()} for loss in LOSSES}
         print_table(f"{data}: mean (spread) over seeds; {distance} in the rfd column", spread, COLUMNS, width=24)
-    write_report(REPO / "runs" / "bench_tokenizer_losses.json", report)
+    write_report(Path("runs/bench_tokenizer_losses.json"), report)

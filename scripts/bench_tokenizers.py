@@ -1,12 +1,7 @@
 """The image quantizers: speed against vector-quantize-pytorch, and codebook usage after short training.
 
-Throughput: our FSQ and EMA VectorQuantizer against vector-quantize-pytorch's FSQ and VectorQuantize built alike
-(the same FSQ levels; VQ dim 32, decay 0.99, commitment 0.25, EMA updates, training mode, no restarts, and theirs
-without the rotation trick: the same straight-through algorithm), on one float32 CPU input of 64 x 8x8 = 4096
-channels-last vectors. A call is forward + backward of quantized.sum() + aux loss; vectors/s is 4096 / the median
-call over rounds interleaving ours and theirs; ours/theirs > 1 means ours is faster. Needs the optional extra `bench`.
-Usage: `genkit compare configs/compare/bench_tokenizers.yaml` (FSQ and VQ at 2^8..2^14 codes, 200 steps each);
-`--vq-restart` adds a row of VQ with dead-code restarts at threshold 1.0 (four more runs).
+Prints vectors/s of ours and theirs on forward + backward (needs the optional extra `bench`) and codebook usage / PSNR
+of FSQ and VQ at 2^8..2^14 codes (configs/compare/bench_tokenizers.yaml); protocol and flags: docs/benchmarks.md.
 Writes runs/bench_tokenizers.json.
 """
 
@@ -24,7 +19,6 @@ from genkit.config import load_config
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
-REPO = Path(__file__).resolve().parent.parent
 SIZES = (2**8, 2**10, 2**12, 2**14)
 SPEED_FORMATS = {"ours": ".3g", "theirs": ".3g", "ours/theirs": ".2f"}  # identical: "yes" or "NO" (FSQ only)
 
@@ -87,7 +81,7 @@ if __name__ == "__main__":
             key: row | {"identical": {True: "yes", False: "NO"}.get(row.get("identical"))} for key, row in speed.items()
         }
         print_table("vectors/s", table, ("ours", "theirs", "ours/theirs", "identical"), SPEED_FORMATS, width=13)
-    config = load_config(REPO / "configs/compare/bench_tokenizers.yaml")
+    config = load_config("compare/bench_tokenizers")
     for size in SIZES if "vqr" in kinds else ():  # the vq runs of the config, with restarts
         restart = ["model.quantizer.kind=vq", f"model.quantizer.codebook_size={size}", "model.latent_dim=8"]
         restart += ["model.quantizer.dead_code_threshold=1.0", f"name=vqr_{size}"]
@@ -100,4 +94,4 @@ if __name__ == "__main__":
     }
     print_table("usage / PSNR dB", table, SIZES, width=16, headers=[f"2^{size.bit_length() - 1}" for size in SIZES])
     result = {"throughput_vectors_per_second": speed, "usage": usage, "torch": torch.__version__}
-    write_report(REPO / "runs" / "bench_tokenizers.json", result, start)
+    write_report(Path("runs/bench_tokenizers.json"), result, start)

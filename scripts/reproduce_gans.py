@@ -1,20 +1,17 @@
 """The GAN-as-ODE picture at CPU scale: MonoFlow with each h, WGAN-GP original vs ReFlow-derived (docs/gans_as_odes.md).
 
-Runs `genkit compare` on configs/compare/reproduce_gans_{8gaussians,moons,mnist5k}.yaml (their comments give the
-protocol; every GAN is trained there and reused on reruns) and prints, per data set, each method's distances and
-whether following its critic's field for 5 Euler steps helps ("helps" when the refined distance is lower).
-`--only toys|mnist`; `--quick` is a smoke run (10 training steps a GAN, its own folders). Results go to
+Runs `genkit compare` on configs/compare/reproduce_gans_{8gaussians,moons,mnist5k}.yaml and prints each method's
+distances and whether 5 Euler steps on its critic's field help (protocol and flags: docs/benchmarks.md). Writes
 runs/reproduce_gans.json (or _quick).
 """
 
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, script_parser, write_report
+from genkit.compare.output import chosen, print_table, script_parser, write_report
 from genkit.compare.scoring import DISTANCES
 from genkit.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
 DATA = {"toys": ("8gaussians", "moons"), "mnist": ("mnist5k",)}
 QUICK = [
     "run_overrides=[output_dir=runs/reproduce_gans_quick,train.tracker=none,train.steps=10,train.log_every=5,"
@@ -35,22 +32,20 @@ def table(result: dict) -> dict[str, dict]:
 
 def print_rows(data: str, rows: dict[str, dict], metric: str) -> None:
     sizes = sorted({key for row in rows.values() for key in row if key.startswith("refined_")})
-    print(f"\n{data}: {metric.upper()} to the val data (lower is better); refined = 5 Euler steps on the critic")
-    print(f"{'':<40}{metric.upper():>9}" + "".join(f"{'@' + s.removeprefix('refined_'):>10}{'':>7}" for s in sizes))
+    table = {name: {metric: row["samples"][metric], "train s": row["train_seconds"]} for name, row in rows.items()}
     for name, row in rows.items():
-        line = f"{name:<40}{row['samples'][metric]:>9.4g}"
-        for size in (size for size in sizes if size in row):
-            refined = row[size][metric]
-            line += f"{refined:>10.4g}{'helps' if refined < row['samples'][metric] else '':>7}"
-        print(line + ("" if row["train_seconds"] is None else f"{row['train_seconds']:>8.0f} s"))
+        helps = {size: row[size][metric] < row["samples"][metric] for size in sizes if size in row}
+        table[name] |= {size: f"{row[size][metric]:.4g}{' helps' if better else ''}" for size, better in helps.items()}
+    title = f"{data}: {metric.upper()} to the val data (lower is better); refined = 5 Euler steps on the critic"
+    print_table(title, table, [metric, *sizes, "train s"], {"train s": ".0f"}, width=14)
 
 
 if __name__ == "__main__":
     args = script_parser(__doc__, only=DATA, quick=True).parse_args()
     results = {}
     for data in chosen(DATA, args.only):
-        config = load_config(REPO / f"configs/compare/reproduce_gans_{data}.yaml", QUICK if args.quick else [])
+        config = load_config(f"compare/reproduce_gans_{data}", QUICK if args.quick else [])
         config.name += "-quick" if args.quick else ""
         results[data] = table(compare.run(config))
         print_rows(data, results[data], "fd" if data in DATA["mnist"] else "sw")
-    write_report(REPO / "runs" / ("reproduce_gans_quick.json" if args.quick else "reproduce_gans.json"), results)
+    write_report(Path("runs") / ("reproduce_gans_quick.json" if args.quick else "reproduce_gans.json"), results)

@@ -1,12 +1,9 @@
 """The trend of the ReFlow paper's CIFAR-10 table at CPU scale: 1-RF vs 2-RF vs 2-RF + one-step distillation.
 
-Runs `genkit compare` on configs/compare/reproduce_reflow_{8gaussians,moons,checkerboard,mnist5k}.yaml (their
-comments give the protocol; each pipeline is trained there, finished stages reused) and prints, per data set and
-stage, the distances to held-out data after 1, 2 and 4 Euler steps and after the accurate RK45 solve, its NFE, the
-stage's straightness and training seconds, then our trend next to the paper's (docs/rectified_flow.md §6): one
-Euler step 378 -> 12.21 -> 4.85 FID, the full solve 2.58 -> 3.36 after reflow, straightness dropping. A change no
-larger than the floor (train data against the held-out data) counts as "equal". `--only toys|mnist`; `--quick` is a
-smoke run (tiny budgets, its own folders). Results go to runs/reproduce_reflow.json (or _quick).
+Runs `genkit compare` on configs/compare/reproduce_reflow_{8gaussians,moons,checkerboard,mnist5k}.yaml and prints,
+per data set and stage, distances after 1, 2 and 4 Euler steps and the accurate solve, then our trend next to the
+paper's (docs/rectified_flow.md §6); a change no larger than the floor (train against held-out data) is "equal".
+Protocol and flags: docs/benchmarks.md. Writes runs/reproduce_reflow.json (or _quick).
 """
 
 from pathlib import Path
@@ -17,7 +14,6 @@ from genkit.compare.scoring import DISTANCES
 from genkit.config import load_config
 from genkit.runs import Run
 
-REPO = Path(__file__).resolve().parent.parent
 DATA = {"toys": ("8gaussians", "moons", "checkerboard"), "mnist": ("mnist5k",)}
 STAGES = {"1-rf": "1-RF", "2-rf": "2-RF", "distill": "2-RF+distill"}
 QUICK = ["train.steps=20", "reflow_steps=10", "distill_steps=10", "pairs.num_pairs=200", "pairs.shard_size=200"]
@@ -69,11 +65,11 @@ if __name__ == "__main__":
     args = script_parser(__doc__, only=DATA, quick=True).parse_args()
     results = {}
     for data in chosen(DATA, args.only):
-        config = load_config(REPO / f"configs/compare/reproduce_reflow_{data}.yaml")
+        config = load_config(f"compare/reproduce_reflow_{data}")
         spec = config.samplers.train_field
         if args.quick:
             config.name += "-quick"
             spec.overrides += [*QUICK, "output_dir=runs/reproduce_reflow_quick"]
         stages, floor = stage_table(compare.run(config), Path(load_config(spec.config, spec.overrides).run_dir))
         results[data] = {"stages": stages, "floor": floor, "trend": report(data, stages, floor)}
-    write_report(REPO / "runs" / ("reproduce_reflow_quick.json" if args.quick else "reproduce_reflow.json"), results)
+    write_report(Path("runs") / ("reproduce_reflow_quick.json" if args.quick else "reproduce_reflow.json"), results)

@@ -56,6 +56,19 @@ def test_few_step_benchmark_quick_run_scores_every_method():
 
 
 @pytest.mark.slow
+def test_guidance_benchmark_quick_run_fills_every_row():
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_guidance.py"), "--quick"], check=True, cwd=ROOT)
+    result = json.loads((ROOT / "runs" / "bench_guidance_quick.json").read_text())
+    for seed in ("0", "1"):
+        rows = result[seed]["rows"]
+        assert list(rows) == ["reference", "best baseline", "amed_plugin", "best"]
+        assert all(sorted(by_weight) == ["0.0", "2.0"] for by_weight in rows.values()), rows
+        assert rows["amed_plugin"]["2.0"]["method"].startswith("amed_plugin") and rows["best"]["2.0"]["nfe"] == 5
+        assert all(0 <= cell["agreement"] <= 1 for by_weight in rows.values() for cell in by_weight.values())
+        assert {"agreement_rises", "best_minus_reference", "within_2_points"} == result[seed]["goal"].keys()
+
+
+@pytest.mark.slow
 def test_gan_reproduction_quick_run_fills_every_row():
     subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_gans.py"), "--quick"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "reproduce_gans_quick.json").read_text())

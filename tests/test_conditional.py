@@ -151,6 +151,15 @@ def test_bad_classes_and_guidance_are_one_line(runs, run, arguments, expected):
     assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_guidance_for_an_unconditional_field_is_one_line(tmp_path):
+    config = amed_config(tmp_path, 2.0)
+    config["field"] = {**MIXTURE, "conditional": False, "guidance": 2.0}
+    (tmp_path / "amed.yaml").write_text(yaml.safe_dump(config))
+    result = genkit(tmp_path, "train", "amed.yaml")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "field.guidance and field.guidance_interval apply to conditional models" in result.stderr
+
+
 def amed_config(folder, guidance: float) -> dict:
     return {
         "task": "amed",

@@ -20,6 +20,7 @@ from genkit.noise import initial_noise
 from genkit.predictors import PREDICTOR_SCHEDULE
 from genkit.schedules.file import SavedSchedule, load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
+from genkit.schedules.grid import fitted_grid
 from samplers import CountingVelocity, euler, reference
 from samplers.gits import local_errors, optimal_path
 from samplers.teacher import teacher_trajectory
@@ -160,3 +161,22 @@ def test_genkit_schedule_search_writes_a_schedule_for_a_diffusers_model(tmp_path
     assert ends == pytest.approx((157.4, 0.0100), rel=1e-3)
     result = genkit(tmp_path, "schedule", "search", "ddpm", "--solver", "heun", "--nfe", "3")
     assert result.returncode == 2 and "cannot spend exactly nfe=3" in result.stderr
+
+
+def test_a_grid_of_fitted_schedules_is_fitted_once_then_read_back(tmp_path, monkeypatch):
+    field = FieldConfig(**MIXTURE).load()
+    options = {"gits": {"grid_points": 16, "num_samples": 8}, "ld3": {"iterations": 2, "num_samples": 8}}
+    paths = fitted_grid(field, tmp_path, options, ["euler"], [3, 4])
+    assert [path.name for path in paths] == [f"{m}_euler_nfe{n}.json" for m in ("gits", "ld3") for n in (3, 4)]
+    saved = [load_schedule(path, field) for path in paths]
+    assert [len(schedule.timesteps) for schedule in saved] == [4, 5, 4, 5]
+    assert [schedule.name for schedule in saved] == [path.stem for path in paths]
+    # Seeded: a fresh fit of the same cell gives the same timesteps.
+    again = search_schedule(field, "euler", 3, grid_points=16, num_samples=8)
+    assert torch.equal(again.timesteps, saved[0].timesteps)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a schedule already saved was fitted again")
+
+    monkeypatch.setattr("genkit.schedules.grid.FITS", {"gits": never, "ld3": never})
+    assert fitted_grid(field, tmp_path, options, ["euler"], [3, 4]) == paths
