@@ -245,3 +245,16 @@ def test_the_fused_quantizer_equals_autograd_through_the_formula_bit_for_bit(lev
     (like_input(expected, z) * weights).sum().backward()
     assert torch.equal(codes, like_input(expected, z)) and torch.equal(fused.grad, unfused.grad)
     assert torch.equal(indices, fsq.codes_to_indices(expected))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_snap_is_the_nearest_code_of_the_whole_codebook(symmetric):
+    """Brute force over all prod(L) codes: the per-channel rounding picks the Euclidean nearest (clamped outside)."""
+    fsq = FSQ([4, 5, 3], symmetric=symmetric)
+    codebook = fsq.indices_to_codes(torch.arange(fsq.codebook_size))
+    z = torch.rand(500, 3, generator=torch.Generator().manual_seed(0)) * 3 - 1.5
+    nearest = codebook[torch.cdist(z.double(), codebook.double()).argmin(1)]
+    assert torch.equal(fsq.snap(z), nearest)  # the same float32 operations as indices_to_codes
+    assert torch.equal(fsq.snap(codebook), codebook), "a code is its own nearest code"
+    with pytest.raises(ValueError, match="no grid to snap to"):
+        FSQ([4, 5, 3], dim=8).snap(z)

@@ -264,3 +264,12 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path, monkeypatch):
         if "restart" in name:
             # Codes start around (5, 5, 5), the data around 0: restarted codes are the ones near the data.
             assert (single["codebook"].norm(dim=1) < 4).sum() > 1, name
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_snap_is_forwards_lookup_of_the_nearest_code(cosine):
+    vq = VectorQuantizer(16, 4, cosine=cosine).eval()
+    z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    _, indices, _ = vq(z)
+    assert torch.equal(vq.snap(z.movedim(1, -1)), vq.codes()[indices])
+    assert torch.equal(vq.snap(vq.codes()), vq.codes()), "a code is its own nearest code"

@@ -165,6 +165,19 @@ class FSQ(nn.Module):
         latents = self.indices_to_codes(indices).flatten(-2)
         return latents if self.project_out is None else self.project_out(latents)
 
+    def snap(self, latents: Tensor) -> Tensor:
+        """The nearest code of each latent vector (channels-last, ..., dim), per channel: digit k = round(z h + h)
+        clamped to {0..L-1}, code (k - h) / h. Without projections only, where the codes are the latents."""
+        if self.project_out is not None:
+            raise ValueError("an FSQ with projections (dim != len(levels) * num_codebooks) has no grid to snap to")
+        z = at_least_float32(latents).unflatten(-1, (self.num_codebooks, len(self.levels)))
+        digits = (
+            (z * self.half_width + self.half_width)
+            .round()
+            .clamp(min=torch.zeros_like(self.levels), max=self.levels - 1)
+        )
+        return ((digits - self.half_width) / self.half_width).flatten(-2).to(latents.dtype)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(quantized in x's layout and dtype, indices [x's shape without channels (, num_codebooks)], 0)."""
         require_channels(x, self.dim, "FSQ")

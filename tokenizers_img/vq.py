@@ -98,6 +98,13 @@ class VectorQuantizer(nn.Module):
         """What forward returns for these indices, channels-last (..., dim): the codes e_k."""
         return self.codes()[indices]
 
+    def snap(self, latents: Tensor) -> Tensor:
+        """The nearest code e_k of each latent vector (channels-last, ..., dim), as forward looks it up."""
+        z = latents.reshape(-1, self.dim).to(torch.promote_types(self.codebook.dtype, torch.float32))
+        codebook = self.codes()
+        z = F.normalize(z, dim=-1) if self.cosine else z
+        return codebook[nearest_code(z, codebook)].reshape(latents.shape).to(latents.dtype)
+
     @torch.no_grad()
     def restart_dead_codes(self, z_e: Tensor) -> None:
         """Codes with N_k < threshold become encodings drawn from the global batch (rank 0's rows first)."""
