@@ -116,6 +116,7 @@ def sample(args: argparse.Namespace) -> None:
         classes="all" if args.classes else args.class_index,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
+        snap=args.snap,
     )
     state = process_state()
     if state.is_main_process:
@@ -353,6 +354,9 @@ def sample_arguments(command: argparse.ArgumentParser) -> None:
         default=None,
         metavar=("LO", "HI"),
         help="guide only for sigma in [LO, HI] (default: every sigma)",
+    )
+    command.add_argument(
+        "--snap", action="store_true", help="latent flows: each latent snapped to its tokenizer's nearest code"
     )
     command.add_argument("--num", type=positive, default=64, help="how many samples")
     command.add_argument("--seed", type=count, default=0)

@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from genkit.errors import GenkitError
-from genkit.fields import SCHEDULER_FILE, Conditioning, Field, frozen, weights_digest
+from genkit.fields import SCHEDULER_FILE, Conditioning, Field, frozen
+from genkit.files import weights_digest
 from genkit.paths import EDMPath
 from genkit.runs import Run
 from genkit.velocity import DiffusersVelocity

@@ -15,9 +15,12 @@ A conditional field (a class-conditional flow run, a conditional diffusers U-Net
 component) has a `conditioning` and no forms of its own: `field.bind(condition, guidance)` is the plain field of
 its model at one condition a sample, guided (genkit.guidance), which every solver, AMED and schedule search runs on
 unchanged. `field.draw_conditions(indices, seed)` draws sample i's class as in the training data.
+
+A latent flow (a flow trained on a tokenizer's latents, genkit.latents) is solved in latent space; its `decode` maps
+the final state to images through the tokenizer's decoder (optionally snapped to the nearest code first), so what
+`solve` returns, and what sampling and comparisons score, are images.
 """
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -31,8 +34,10 @@ import samplers
 from genkit.config import check_choice, ranged
 from genkit.data import data_shape
 from genkit.errors import GenkitError
+from genkit.files import weights_digest
 from genkit.gaussian_mixture import GaussianMixture
 from genkit.guidance import ConditionalVelocity, Guidance, Guided
+from genkit.latents import LatentCodec
 from genkit.models import load_velocity_model
 from genkit.noise import initial_conditions
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
@@ -66,9 +71,9 @@ class Conditioning:
 
 @dataclass
 class Field:
-    """A velocity model in each form it can be solved in (native first), the shape and dtype of its samples, its id;
+    """A velocity model in each form it can be solved in (native first), the shape and dtype of its states, its id;
     a conditional model's `conditioning` (then `forms` is empty until bound), a bound one's `guidance` and how its
-    `conditions` were chosen (what a schedule or predictor made on it records)."""
+    `conditions` were chosen (what a schedule or predictor made on it records); a latent flow's `decode` to images."""
 
     field_id: str
     shape: tuple[int, ...]
@@ -77,6 +82,7 @@ class Field:
     conditioning: Conditioning | None = None
     guidance: Guidance | None = None
     conditions: str = ""
+    decode: Callable[[Tensor], Tensor] | None = None
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -111,7 +117,8 @@ class Field:
             )
         guided = Guided(conditioning.model, condition, conditioning.null, guidance, conditioning.sigma)
         field_id = f"{self.field_id} {guidance.label}"
-        return Field(field_id, self.shape, self.dtype, conditioning.forms(guided), None, guidance, conditions)
+        forms = conditioning.forms(guided)
+        return Field(field_id, self.shape, self.dtype, forms, None, guidance, conditions, self.decode)
 
     def for_draws(self, count: int, seed: int, guidance: Guidance | None = None) -> "Field":
         """The field a batch of draws 0..count-1 is solved on: a conditional one bound to their classes (drawn as in
@@ -201,7 +208,11 @@ class Field:
         times = schedule.timesteps if isinstance(schedule, SavedSchedule) else schedule
         x = path.start(z.to(self.dtype))
         x = samplers.solve(velocity, x, solver, nfe, times, path.schedule_options(), solver_opts, callback)
-        return path.to_data(x)
+        return self.decoded(path.to_data(x))
+
+    def decoded(self, x: Tensor) -> Tensor:
+        """A final state in data space as a sample: decoded to images for a latent flow, as it is otherwise."""
+        return x if self.decode is None else self.decode(x)
 
     def reference(self, z: Tensor, schedule: str, tolerance: float, method: str = "DOP853") -> tuple[Tensor, int]:
         """Data from noise z by scipy's `method` at rtol = atol = tolerance in the time `schedule` spans, and the
@@ -211,14 +222,15 @@ class Field:
         x = samplers.reference(
             counting, path.start(z.to(self.dtype)), path.t_start, path.t_end, tolerance, tolerance, method
         )
-        return path.to_data(x), counting.nfe
+        return self.decoded(path.to_data(x)), counting.nfe
 
 
 @dataclass
 class FieldConfig:
-    """`kind` mixture (components, shape, seed, diagonal, conditional), flow_run (path: a run), diffusers (path:
-    folder, Hub id; embeddings: a tensor file). A conditional model is solved at classes drawn as in its data and
-    guided with `guidance` (weight; `guidance_interval`: [lo, hi] sigmas where it applies)."""
+    """`kind` mixture (components, shape, seed, diagonal, conditional), flow_run (path: a run; snap: a latent flow's
+    latents snapped to the nearest code before decoding), diffusers (path: folder, Hub id; embeddings: a tensor
+    file). A conditional model is solved at classes drawn as in its data and guided with `guidance` (weight;
+    `guidance_interval`: [lo, hi] sigmas where it applies)."""
 
     kind: str = "mixture"
     components: int = ranged(8, minimum=1)
@@ -230,6 +242,7 @@ class FieldConfig:
     embeddings: str = ""  # diffusers UNet2DConditionModel: safetensors file of `embeddings` [K, L, D] and `null` [L, D]
     guidance: float = ranged(1.0, minimum=0)
     guidance_interval: list[float] | None = ranged(None, minimum=0)
+    snap: bool = False
 
     def __post_init__(self):
         check_choice("field.kind", self.kind, FIELD_KINDS)
@@ -271,7 +284,7 @@ class FieldConfig:
             forms = [(mixture.edm, EDMPath()), (mixture.rectified, RectifiedPath())]
             return Field(field_id, tuple(self.shape), torch.float64, forms)
         if self.kind == "flow_run":
-            return load_flow_run(Path(self.path), device, dtype)
+            return load_flow_run(Path(self.path), device, dtype, self.snap)
         from genkit.diffusers_field import load_diffusers  # it builds on this module's Field
 
         return load_diffusers(self.path, self.embeddings, device, dtype)
@@ -289,30 +302,34 @@ def conditional_mixture(mixture: GaussianMixture, field_id: str) -> Field:
     return Field(field_id, mixture.shape, torch.float64, [], conditioning)
 
 
-def weights_digest(*paths: Path) -> str:
-    """The first 16 hex digits of the SHA-256 of these files' bytes, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def frozen(network: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
     """The network on `device` (in `dtype`) in eval mode with gradients off for its parameters, not its inputs."""
     return network.to(device, dtype).eval().requires_grad_(False)
 
 
-def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Field:
-    """A genkit flow (or last ReFlow stage) model: rectified time natively, EDM form through RectifiedAsEDM."""
+def load_flow_run(
+    run: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, snap: bool = False
+) -> Field:
+    """A genkit flow (or last ReFlow stage) model: rectified time natively, EDM form through RectifiedAsEDM; a latent
+    flow's samples decoded by its tokenizer (`snap`: each latent snapped to the nearest code first)."""
     run = Run(run).last_stage
     model = frozen(load_velocity_model(run.model), device, dtype)
     # The state at sigma_min is x~ = x_t / t with t = 1 / (1 + sigma_min): data is x~ / (1 + sigma_min).
     edm = EDMPath(data_scale=1 / (1 + EDMPath().sigma_min))
     forms = lambda velocity: [(velocity, RectifiedPath()), (RectifiedAsEDM(velocity), edm)]  # noqa: E731
     field_id, shape, dtype = flow_run_id(run.folder), data_shape(run.data), dtype or torch.float32
+    decode = None
+    if run.latents.is_file():
+        codec, shape = LatentCodec.recorded(run.latents)
+        frozen(codec.tokenizer, device, dtype)
+        decode = lambda x: codec.decode(x, snap)  # noqa: E731
+    elif snap:
+        raise GenkitError(
+            f"{run.folder} holds a flow on images, not on a tokenizer's latents: there is no code to snap to"
+        )
     classes = getattr(model, "num_classes", 0)
     if not classes:
-        return Field(field_id, shape, dtype, forms(model))
+        return Field(field_id, shape, dtype, forms(model), decode=decode)
     frequencies = torch.full((classes,), 1 / classes, dtype=torch.float64)
     if run.classes.is_file():
         frequencies = torch.tensor(json.loads(run.classes.read_text())["frequencies"], dtype=torch.float64)
@@ -323,7 +340,7 @@ def load_flow_run(run: Path, device: torch.device | str = "cpu", dtype: torch.dt
         sigma=lambda t: (1 - t) / t,  # t = 1 / (1 + sigma) (RectifiedAsEDM)
         frequencies=frequencies,
     )
-    return Field(field_id, shape, dtype, [], conditioning)
+    return Field(field_id, shape, dtype, [], conditioning, decode=decode)
 
 
 def flow_run_id(run: Path) -> str:

@@ -6,6 +6,7 @@ one. One process writes a given path; readers skip dot-prefixed names, and a rer
 temporary.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,14 @@ from pathlib import Path
 from torch import nn
 
 CONFIG_NAME = "config.json"  # what diffusers' save_pretrained writes into a model folder
+
+
+def weights_digest(*paths: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of these files' bytes, in order: the id of a model's weights."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -8,7 +8,8 @@ A run folder `<output_dir>/<name>/` holds:
     checkpoints/     step_<N>/ folders, the newest resumed by train.resume=latest (genkit.checkpoint)
     model/           the trained model, written last (so a run with model/ is finished): a velocity model (flow),
                      generator/ and critic/ (gan), a tokenizer, or an AMED predictor (+ schedule.json); a
-                     class-conditional flow's also holds classes.json (the share of each class in its data)
+                     class-conditional flow's also holds classes.json (the share of each class in its data), a latent
+                     flow's latents.json (its tokenizer run and the shift and scale of its latents, genkit.latents)
     samples/         what `genkit sample` writes
     schedules/       what `genkit schedule search` and `genkit schedule learn` write
 
@@ -39,6 +40,7 @@ class Run:
 
     folder: Path
     CLASSES = "classes.json"  # in model/: {"frequencies": [share of class k in the training data, ...]}
+    LATENTS = "latents.json"  # in model/: {"tokenizer", "tokenizer_id", "shape", "mean", "std"} (genkit.latents)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -60,6 +62,11 @@ class Run:
     def classes(self) -> Path:
         """A class-conditional model's class shares (genkit.train.flow)."""
         return self.model / self.CLASSES
+
+    @property
+    def latents(self) -> Path:
+        """A latent flow's record of the tokenizer whose latents it generates (genkit.latents)."""
+        return self.model / self.LATENTS
 
     @property
     def samples(self) -> Path:

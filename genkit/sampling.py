@@ -83,14 +83,16 @@ def flow_sampler(
     predictor,
     classes: int | str | None = None,
     guidance: Guidance | None = None,
+    snap: bool = False,
 ) -> tuple[Callable[[list[int]], Tensor], str]:
     """(indices -> samples of the run's velocity model with `solver`, the name of the setting).
 
     `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.schedules.file),
     whose timesteps fix the NFE; a predictor brings its own schedule (genkit.predictors.load_distilled). A
-    class-conditional model solves sample i at its class (`conditions`) with `guidance` (default w = 1).
+    class-conditional model solves sample i at its class (`conditions`) with `guidance` (default w = 1). A latent
+    flow's samples are decoded images (`snap`: its latents snapped to the nearest code first).
     """
-    model = load_flow_run(run.folder, device)
+    model = load_flow_run(run.folder, device, snap=snap)
     if model.conditioning is None:
         if classes is not None or guidance is not None:
             raise GenkitError(f"{run.folder} holds an unconditional model: drop --class, --classes and --guidance")
@@ -245,6 +247,7 @@ def draw_samples(
     classes: int | str | None = None,
     guidance: float | None = None,
     guidance_interval: list[float] | None = None,
+    snap: bool = False,
 ) -> list[Path]:
     """`num` samples of the run's model, identical for any process count, written under <model run>/samples/.
 
@@ -253,7 +256,8 @@ def draw_samples(
     refined by `refine_steps` Euler steps along its critic's field. Each process draws `batch_size` samples at a
     time; the main process writes them as `output` (see OUTPUTS) and a picture. Returns [samples path, picture].
     A class-conditional flow samples `classes` (class K, "all": i mod K, None: drawn as in its data) guided at
-    weight `guidance` (default 1) in `guidance_interval` (sigmas; default all).
+    weight `guidance` (default 1) in `guidance_interval` (sigmas; default all). A latent flow writes decoded images
+    (`snap`: each generated latent snapped to its tokenizer's nearest code first).
     """
     if num < 1:
         raise GenkitError(f"the number of samples must be at least 1, got {num}")
@@ -266,8 +270,10 @@ def draw_samples(
             "use --format safetensors"
         )
     if run.kind == "gan":
-        if (classes, guidance, guidance_interval) != (None, None, None):
-            raise GenkitError("a GAN run is unconditional: drop --class, --classes and --guidance")
+        if (classes, guidance, guidance_interval, snap) != (None, None, None, False):
+            raise GenkitError(
+                "a GAN run is unconditional and samples images: drop --class, --classes, --guidance, --snap"
+            )
         if (solver, nfe, schedule, predictor) != (None, None, None, None):
             raise GenkitError("a GAN run samples with its generator: drop --solver, --nfe, --schedule, --predictor")
         draw = gan_sampler(run, state.device, seed, refine_steps, refine_step_size)
@@ -280,7 +286,8 @@ def draw_samples(
             interval = None if guidance_interval is None else tuple(guidance_interval)
             guided = Guidance(1.0 if guidance is None else guidance, interval)
         solver = solver or DEFAULT_SOLVER
-        draw, name = flow_sampler(run, state.device, seed, solver, nfe, schedule, predictor, classes, guided)
+        draw, name = flow_sampler(run, state.device, seed, solver, nfe, schedule, predictor, classes, guided, snap)
+        name += "_snap" if snap else ""
     stem = run.samples / f"{name}_seed{seed}"
     path, picture = Path(f"{stem}{OUTPUTS[output]}"), Path(f"{stem}.png")
     if state.is_main_process:

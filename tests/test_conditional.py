@@ -2,6 +2,7 @@
 guidance; AMED, GITS and compare on a mixture conditioned on its component; one line for each bad input."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from genkit.runs import Run
 from genkit.schedules.file import load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.train import flow
-from genkit.train.flow import drop_labels
+from genkit.train.flow import FlowConfig, FlowTrainer, drop_labels
 from genkit.train.pairs import PairDataset
 from samplers import euler, reference, uniform
 
@@ -57,16 +58,25 @@ def runs(tmp_path_factory):
     return folder
 
 
+def test_snap_on_a_flow_on_images_is_one_line(runs):
+    with pytest.raises(GenkitError, match="holds a flow on images, not on a tokenizer's latents"):
+        FieldConfig(kind="flow_run", path=str(runs / "runs" / "digits"), snap=True).load()
+
+
 def test_label_dropout_replaces_the_configured_share_by_the_null_class():
-    torch.manual_seed(0)
-    labels = torch.arange(10).repeat(2000)
-    dropped = drop_labels(labels, 0.2, null=10)
-    share = (dropped == 10).double().mean().item()
+    """Over 200 micro-batches of 100 of the trainer's own draws, keyed by the stream position."""
+    trainer = SimpleNamespace(seed=0, flow=FlowConfig(conditional=True, label_dropout=0.2))
+    labels, nulls = torch.arange(10).repeat(10), 0
+    for position in range(200):
+        context = SimpleNamespace(process_index=0, num_processes=1, position=position, to_device=lambda x: x)
+        _, _, uniforms = FlowTrainer.draws(trainer, context, torch.zeros(100, 2))
+        dropped = drop_labels(labels, 0.2, null=10, uniforms=uniforms)
+        kept = dropped != 10
+        assert torch.equal(dropped[kept], labels[kept])
+        nulls += int((~kept).sum())
     # 20000 Bernoulli(0.2) draws: standard error 0.0028; the margin is 5 of them.
-    assert share == pytest.approx(0.2, abs=0.014)
-    kept = dropped != 10
-    assert torch.equal(dropped[kept], labels[kept])
-    assert torch.equal(drop_labels(labels, 0.0, null=10), labels)
+    assert nulls / 20_000 == pytest.approx(0.2, abs=0.014)
+    assert torch.equal(drop_labels(labels, 0.0, null=10, uniforms=uniforms), labels)
 
 
 def test_a_conditional_flow_keeps_its_class_shares_and_samples_each_class_as_its_bound_field(runs):

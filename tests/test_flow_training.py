@@ -136,17 +136,23 @@ def test_sampling_gives_the_same_samples_on_one_or_two_processes(reflow_run):
 
 
 def test_sigma_space_solvers_sample_through_the_edm_conversion(reflow_run):
-    """dpmpp_2m on the EDM form of a rectified model converges to the model's own accurate solution."""
+    """dpmpp_2m on the EDM form of a rectified model converges to the accurate solve of that form, which is the
+    model's own accurate solution in rectified time up to the EDM range's ends (sigma from 80 to 0.002)."""
     folder, _ = reflow_run
     field = load_flow_run(folder / "runs" / "toy" / "1-rf")
     z = noise(256)
     with torch.no_grad():
-        target, _ = field.reference(z, "uniform", 1e-5)  # in the model's own rectified time
+        rectified, _ = field.reference(z, "uniform", 1e-7)  # in the model's own rectified time
+        target, _ = field.reference(z, "logsnr", 1e-7)
         errors = [
-            (field.solve(z, "dpmpp_2m", nfe, "logsnr") - target).pow(2).sum(1).mean().sqrt() for nfe in (8, 32, 128)
+            (field.solve(z, "dpmpp_2m", nfe, "logsnr") - target).pow(2).sum(1).mean().sqrt()
+            for nfe in (8, 32, 128, 512)
         ]
-    # Converging: each 4x of the budget at least halves the error (second order would cut it 16x once asymptotic).
-    assert errors[1] < 0.5 * errors[0] and errors[2] < 0.5 * errors[1] and errors[2] < 0.1, errors
+    # Starting at sigma = 80 misses x1 / 81 of the start (|x1| ~ 2 here) and ending at 0.002 a 0.2% step: ~0.01.
+    assert (target - rectified).pow(2).sum(1).mean().sqrt() < 0.05
+    # Converging: the error falls with every 4x of the budget, to under 1% of the data's scale at NFE 512. (A few of
+    # this toy's trajectories cross a sharp fold of its velocity: they reach second order only past NFE 128.)
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False)) and errors[-1] < 0.01, errors
     args = ["sample", "runs/toy/1-rf", "--solver", "dpmpp_2m", "--nfe", "8", "--schedule", "logsnr", "--num", "16"]
     assert genkit(folder, *args).returncode == 0
     assert (folder / "runs" / "toy" / "1-rf" / "samples" / "dpmpp_2m_nfe8_logsnr_seed0.png").exists()
@@ -157,7 +163,7 @@ def test_sigma_space_solvers_sample_through_the_edm_conversion(reflow_run):
 def test_logit_normal_times_are_the_sigmoid_of_a_standard_normal():
     """flow.time_sampling=logit_normal (docs/rectified_flow.md): logit(t) ~ N(0, 1), checked by Kolmogorov-Smirnov."""
     torch.manual_seed(0)
-    t = sample_time(20_000, "logit_normal", torch.device("cpu")).double()
+    t = sample_time(20_000, "logit_normal", torch.Generator().manual_seed(0)).double()
     assert ((t > 0) & (t < 1)).all()
     logits = torch.log(t / (1 - t)).numpy()
     # The KS statistic of n = 20000 draws from the right law exceeds 1.95 / sqrt(n) with probability 0.001.

@@ -194,7 +194,7 @@ class SamplerComparison:
                     raise GenkitError("samplers.guidance compares guidance weights; this field is unconditional")
                 self.guided[name] = (model, None)
             for weight in grid.guidance or ([grid.field.guidance] if model.conditioning else []):
-                self.guided[f"{name}w={weight:g}"] = (model, Guidance(weight, interval))
+                self.guided[f"{name} w={weight:g}".strip()] = (model, Guidance(weight, interval))
         # Each field bound to sample 0's class: enough to check cells, schedules and predictors against it.
         self.fields = {name: self.bound(name, [0]) for name in self.guided}
         if "agreement" in grid.metrics and not all(model.conditioning for model in self.models.values()):

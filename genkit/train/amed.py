@@ -39,6 +39,7 @@ from genkit.errors import GenkitError
 from genkit.fields import DRAWN_AS_IN_DATA, Field, FieldConfig
 from genkit.files import atomic
 from genkit.gaussian_mixture import GaussianMixture
+from genkit.latents import LatentCodec, encoded
 from genkit.paths import nested_timesteps
 from genkit.predictors import PREDICTOR_SCHEDULE, LearnedTimesteps, PredictorModel, PredictorSettings
 from genkit.runs import Run
@@ -130,7 +131,8 @@ def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
     """Per-dimension mean and variance (float64, one sample's shape) of the data the field was trained on.
 
     EDM-form data y (x = y + sigma n) is a flow's x1 (RectifiedAsEDM), so a flow run's train split (its first
-    STATISTICS_SAMPLES items) gives them; a mixture gives them in closed form.
+    STATISTICS_SAMPLES items; a latent flow's normalised latents of them) gives them; a mixture gives them in closed
+    form.
     """
     if config.kind == "mixture":
         mixture = GaussianMixture.random(config.components, tuple(config.shape), config.seed, config.diagonal)
@@ -139,8 +141,14 @@ def data_statistics(config: FieldConfig) -> tuple[Tensor, Tensor]:
         variance = (weights * (mixture.variances + mixture.means**2)).sum(0) - mean**2
         return mean.reshape(mixture.shape), variance.reshape(mixture.shape)
     if config.kind == "flow_run":
-        dataset = build_dataset(Run(config.path).last_stage.data, "train")
-        data = torch.stack([dataset[i] for i in range(min(len(dataset), STATISTICS_SAMPLES))]).to(torch.float64)
+        run = Run(config.path).last_stage
+        if run.latents.is_file():
+            codec, _ = LatentCodec.recorded(run.latents)
+            train = encoded(Run(codec.tokenizer_run), run.data, "train")
+            data = codec.normalise(train.latents[:STATISTICS_SAMPLES]).to(torch.float64)
+        else:
+            dataset = build_dataset(run.data, "train")
+            data = torch.stack([dataset[i] for i in range(min(len(dataset), STATISTICS_SAMPLES))]).to(torch.float64)
         return data.mean(0), data.var(0, correction=0)
     raise GenkitError(
         f"amed.afs_from=data needs the field's training data, which field.kind={config.kind} does not name; "

@@ -7,6 +7,10 @@ With `flow.conditional` the U-Net also reads each image's class (its data's labe
 `flow.label_dropout` p > 0, the null class in place of it with probability p, which trains the unconditional branch
 classifier-free guidance needs (Ho & Salimans 2022). The class shares of the training data go with the model
 (`Run.classes`), so its samples draw classes as the data does.
+
+With `flow.tokenizer` (a finished tokenizer run) the flow trains on that tokenizer's normalised latents of the data
+(genkit.latents), encoded once and cached; the model keeps the record of its tokenizer (`Run.latents`), through which
+its samples are decoded to images. Its evaluation is in latent space; the images it logs are decoded.
 """
 
 import math
@@ -16,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from genkit.config import RunConfig, check_choice, config_dict, ranged, register_task
 from genkit.data import (
@@ -29,9 +34,11 @@ from genkit.data import (
 )
 from genkit.errors import GenkitError
 from genkit.files import save_pretrained, write_json
+from genkit.latents import LatentCodec, encoded, latent_dataset, tokenizer_run
 from genkit.metrics import sliced_wasserstein, straightness
 from genkit.models import load_velocity_model
 from genkit.nets import VELOCITY_NETS, build_velocity_net
+from genkit.noise import generator as seeded
 from genkit.paths import RectifiedPath
 from genkit.runs import Run
 from genkit.train.config import OptimizerConfig, TrainConfig
@@ -63,14 +70,17 @@ class VelocityNetConfig:
 
     def check_data(self, data: DataConfig) -> None:
         """A U-Net needs images whose size its downsampling divides, and widths its norm groups divide."""
-        if self.kind != "unet":
-            return
-        image_channels(data)
+        if self.kind == "unet":
+            image_channels(data)
+            self.check_size(data.image_size, "config key data.image_size")
+
+    def check_size(self, size: int, what: str) -> None:
+        """`what`, the side of the U-Net's input, must be divisible by its downsampling; widths by its norm groups."""
         downsampling = 2 ** (len(self.block_channels) - 1)
-        if not self.block_channels or data.image_size % downsampling:
+        if not self.block_channels or size % downsampling:
             raise GenkitError(
-                f"config key data.image_size={data.image_size} must be divisible by {downsampling}, the U-Net's "
-                f"downsampling with model.block_channels={self.block_channels}; change either"
+                f"{what}={size} must be divisible by {downsampling}, the U-Net's downsampling with "
+                f"model.block_channels={self.block_channels}; change either"
             )
         if any(width % self.norm_groups for width in self.block_channels):
             raise GenkitError(
@@ -107,11 +117,14 @@ class FlowConfig:
     init_from: str | None = None
     conditional: bool = False
     label_dropout: float = ranged(0.0, minimum=0, maximum=1)
+    tokenizer: str | None = None  # a finished tokenizer run: train on its latents of the data
 
     def __post_init__(self):
         check_choice("flow.time_sampling", self.time_sampling, TIME_SAMPLING)
         if self.label_dropout and not self.conditional:
             raise GenkitError("flow.label_dropout drops class labels; it needs flow.conditional=true")
+        if self.tokenizer and self.pairs:
+            raise GenkitError("flow.pairs are couplings of images; a flow on a tokenizer's latents trains on data")
 
 
 @register_task("flow")
@@ -129,22 +142,67 @@ class FlowRunConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        self.model.check_data(self.data)
+        if self.flow.tokenizer and self.model.kind != "unet":
+            raise GenkitError("flow.tokenizer trains on latents [C, h, w]: it needs model.kind=unet")
+        if not self.flow.tokenizer:  # a latent flow's input size is known once its tokenizer is loaded (flow_data)
+            self.model.check_data(self.data)
 
 
-def drop_labels(labels: Tensor, probability: float, null: int) -> Tensor:
-    """`labels` with each replaced by the null class `null` with `probability`, independently."""
-    dropped = torch.rand(labels.shape, device=labels.device) < probability
-    return torch.where(dropped, torch.full_like(labels, null), labels)
+@dataclass
+class FlowData:
+    """What a flow trains and is evaluated on: the dataset, the shape of an item, the reference samples (with their
+    classes, for a conditional flow) and, for a latent flow, the codec that maps its samples to images."""
+
+    dataset: Dataset
+    shape: tuple[int, ...]
+    reference: Tensor
+    labels: Tensor | None
+    codec: LatentCodec | None = None
 
 
-def sample_time(batch: int, how: str, device: torch.device) -> Tensor:
-    """t for each sample: U[eps, 1], sigmoid(N(0, 1)), or 0 (one-step distillation)."""
+def flow_data(config: FlowRunConfig) -> FlowData:
+    """The data of `config`: images (or ReFlow pairs), or a tokenizer's normalised latents of the images."""
+    conditional, count = config.flow.conditional, config.eval_samples
+    if config.flow.tokenizer:
+        run = tokenizer_run(config.flow.tokenizer)
+        train, val = encoded(run, config.data, "train"), encoded(run, config.data, "val")
+        if conditional and train.labels is None:
+            num_classes(config.data)  # the one error that says which sources have labels
+        codec = LatentCodec.fitted(run, train)
+        shape = tuple(train.latents.shape[1:])
+        config.model.check_size(shape[-1], "the latent size (data.image_size / the tokenizer's downsampling)")
+        labels = val.labels[:count] if conditional else None
+        return FlowData(
+            latent_dataset(train, codec, conditional), shape, codec.normalise(val.latents[:count]), labels, codec
+        )
+    if config.flow.pairs:
+        dataset = PairDataset(Path(config.flow.pairs))
+        classes = num_classes(config.data) if conditional else 0
+        if dataset.num_classes != classes:
+            raise GenkitError(
+                f"the pairs in {config.flow.pairs} carry {dataset.num_classes or 'no'} classes, but this flow "
+                f"{'has ' + str(classes) if classes else 'is unconditional'}: generate them with the flow's own model"
+            )
+    else:
+        dataset = build_dataset(config.data, "train", labels=conditional)
+    if conditional:
+        reference, labels = validation_samples(config.data, count, labels=True)
+        return FlowData(dataset, data_shape(config.data), reference, labels)
+    return FlowData(dataset, data_shape(config.data), validation_samples(config.data, count), None)
+
+
+def drop_labels(labels: Tensor, probability: float, null: int, uniforms: Tensor) -> Tensor:
+    """`labels` with label i replaced by the null class `null` where uniforms[i] ~ U[0, 1) < `probability`."""
+    return torch.where(uniforms < probability, torch.full_like(labels, null), labels)
+
+
+def sample_time(batch: int, how: str, generator: torch.Generator) -> Tensor:
+    """t for each sample, from `generator`: U[eps, 1], sigmoid(N(0, 1)), or 0 (one-step distillation)."""
     if how == "uniform":
-        return T_EPS + (1 - T_EPS) * torch.rand(batch, device=device)
+        return T_EPS + (1 - T_EPS) * torch.rand(batch, generator=generator)
     if how == "logit_normal":
-        return torch.sigmoid(torch.randn(batch, device=device))
-    return torch.zeros(batch, device=device)
+        return torch.sigmoid(torch.randn(batch, generator=generator))
+    return torch.zeros(batch)
 
 
 @torch.no_grad()
@@ -162,33 +220,46 @@ class FlowTrainer:
 
     ema_model = "velocity"
 
-    def __init__(
-        self, config: FlowRunConfig, shape: tuple[int, ...], reference_data: Tensor, labels: Tensor | None = None
-    ):
-        """`labels`: the classes of `reference_data` for a conditional flow, which its evaluation solves at."""
+    def __init__(self, config: FlowRunConfig, data: FlowData):
+        """A conditional flow's evaluation solves at the classes of the reference samples (`data.labels`)."""
         self.classes = num_classes(config.data) if config.flow.conditional else 0
+        shape, self.codec = data.shape, data.codec
         velocity = config.model.build(shape, self.classes)
         if config.flow.init_from:
             velocity.load_state_dict(load_velocity_model(Path(config.flow.init_from)).state_dict())
         self.flow, self.path = config.flow, RectifiedPath()
         self.models = {"velocity": velocity}
         self.optimizers = {"velocity": config.optimizer.build(velocity.parameters())}
-        self.reference_data, self.labels = reference_data, labels
+        self.reference_data, self.labels = data.reference, data.labels
         self.frequencies = label_frequencies(config.data).tolist() if self.classes else None
         generator = torch.Generator().manual_seed(config.train.seed)
-        self.noise = torch.randn((len(reference_data), *shape), generator=generator)
+        self.noise = torch.randn((len(data.reference), *shape), generator=generator)
+        self.seed = config.train.seed
 
     def optimizer_steps(self, steps: int) -> dict[str, int]:
         return {"velocity": steps}
+
+    def draws(self, context: StepContext, x1: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        """This process's slice of the global micro-batch's (x0 ~ N(0, I) unless the coupling brings it, t, U[0, 1)
+        for label dropout), from the generator of (train.seed, stream position): the same for any process count."""
+        local, rank = len(x1), context.process_index
+        generator, total = seeded(self.seed, context.position), local * context.num_processes
+        x0 = None if self.flow.pairs else torch.randn((total, *x1.shape[1:]), generator=generator)
+        t, uniforms = sample_time(total, self.flow.time_sampling, generator), torch.rand(total, generator=generator)
+        part = slice(rank * local, (rank + 1) * local)
+        x0 = None if x0 is None else context.to_device(x0[part]).to(x1.dtype)
+        return x0, context.to_device(t[part]).to(x1.dtype), context.to_device(uniforms[part])
 
     def train_step(self, batch: Tensor | list[Tensor], context: StepContext) -> dict[str, Tensor]:
         labels = None
         if self.classes:  # (images, labels), or ReFlow's (z, x, c)
             *batch, labels = batch
-            labels = drop_labels(labels, self.flow.label_dropout, self.classes)
             batch = batch if self.flow.pairs else batch[0]
-        x0, x1 = batch if self.flow.pairs else (torch.randn_like(batch), batch)
-        t = sample_time(len(x1), self.flow.time_sampling, x1.device).to(x1.dtype)
+        x1 = batch[1] if self.flow.pairs else batch
+        x0, t, uniforms = self.draws(context, x1)
+        x0 = batch[0] if self.flow.pairs else x0
+        if labels is not None:
+            labels = drop_labels(labels, self.flow.label_dropout, self.classes, uniforms)
         conditions = () if labels is None else (labels,)
         prediction = self.models["velocity"](self.path.interpolate(x0, x1, t), t, *conditions)
         loss = F.mse_loss(at_least_float32(prediction), at_least_float32(self.path.target(x0, x1, t)))
@@ -206,8 +277,9 @@ class FlowTrainer:
         metrics = evaluate_flow(model, noise, context.to_device(self.reference_data))
         if noise.ndim == 4:
             shown = noise[:32]
-            context.log_images("samples_1step", euler(model, shown, uniform(2)), step)
-            context.log_images("samples_32step", euler(model, shown, uniform(33)), step)
+            images = (lambda x: x) if self.codec is None else self.codec.to(noise.device).decode  # noqa: E731
+            context.log_images("samples_1step", images(euler(model, shown, uniform(2))), step)
+            context.log_images("samples_32step", images(euler(model, shown, uniform(33))), step)
         network.train()
         return metrics
 
@@ -215,25 +287,12 @@ class FlowTrainer:
         save_pretrained(context.unwrap("velocity"), folder)
         if self.classes:
             write_json(folder / Run.CLASSES, {"frequencies": self.frequencies})
+        if self.codec is not None:
+            write_json(folder / Run.LATENTS, self.codec.record(tuple(self.noise.shape[1:])))
 
 
 def train(config: FlowRunConfig) -> dict[str, float]:
     """Train a rectified flow as `config` says; returns the last evaluation's metrics."""
     loop = Loop(config.train, config.run_dir, config_dict(config))
-    conditional = config.flow.conditional
-    if config.flow.pairs:
-        dataset = PairDataset(Path(config.flow.pairs))
-        classes = num_classes(config.data) if conditional else 0
-        if dataset.num_classes != classes:
-            raise GenkitError(
-                f"the pairs in {config.flow.pairs} carry {dataset.num_classes or 'no'} classes, but this flow "
-                f"{'has ' + str(classes) if classes else 'is unconditional'}: generate them with the flow's own model"
-            )
-    else:
-        dataset = build_dataset(config.data, "train", labels=conditional)
-    if conditional:
-        reference, labels = validation_samples(config.data, config.eval_samples, labels=True)
-        trainer = FlowTrainer(config, data_shape(config.data), reference, labels)
-    else:
-        trainer = FlowTrainer(config, data_shape(config.data), validation_samples(config.data, config.eval_samples))
-    return loop.run(trainer, dataset)
+    data = flow_data(config)
+    return loop.run(FlowTrainer(config, data), data.dataset)
