@@ -7,18 +7,11 @@ seconds by NFE and the goal line; protocol, flags and numbers: docs/benchmarks.m
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, distil_seconds, pivot, print_pivot, script_parser, write_report
-from genkit.config import load_config
+from genkit.compare.output import bench_config, chosen, distil_seconds, pivot, print_pivot, script_parser, write_report
 from samplers import BASELINES
 
 FIELDS = ("mixture", "digits")
-PAPER_CIFAR10_FID = {  # docs/amed.md §9, at NFE 3..10
-    "ipndm": {3: 47.98, 5: 13.59, 7: 5.08, 9: 3.17},
-    "amed": {3: 18.49, 4: 17.18, 5: 7.59, 6: 7.04, 7: 4.36, 8: 5.56, 9: 3.67, 10: 4.14},
-    "amed_plugin(ipndm)": {3: 10.81, 4: 10.43, 5: 6.61, 6: 6.67, 7: 3.65, 8: 3.34, 9: 2.63, 10: 2.48},
-}
 QUICK = ["num_samples=16", "samplers.nfe=[3,4,5]", "run_overrides=[train.steps=2,train.log_every=1,train.eval_every=2]"]
-QUICK_FIELD = ["name=flow-quick", "output_dir=runs/bench_amed", "train.tracker=none"]  # the digit flow's
 
 
 def report(field: str, config, result: dict) -> dict:
@@ -43,15 +36,13 @@ def report(field: str, config, result: dict) -> dict:
 
 if __name__ == "__main__":
     args = script_parser(__doc__, only=FIELDS, quick=True).parse_args()
-    results = {"paper_cifar10_fid": PAPER_CIFAR10_FID}
+    results = {}
     for field in chosen(FIELDS, args.only):
-        config = load_config(f"compare/bench_amed_{field}", QUICK if args.quick else [])
+        config = bench_config(f"bench_amed_{field}", args.quick, QUICK)
         if args.quick:  # smoke-test budgets in its own folders: NFE 3-5, two training steps a run
-            config.name += "-quick"
             for grid in config.samplers.distill:
                 grid.nfe = [nfe for nfe in grid.nfe if nfe <= 5]
             if field == "digits":
-                config.samplers.train_field.overrides = QUICK_FIELD
+                config.samplers.train_field.overrides.append("name=flow-quick")
         results[field] = report(field, config, compare.run(config))
-    print_pivot("CIFAR-10 FID in the paper", PAPER_CIFAR10_FID, list(range(3, 11)), ".2f")
     write_report(Path("runs") / ("bench_amed_quick.json" if args.quick else "bench_amed.json"), results)

@@ -9,22 +9,12 @@ Writes runs/bench_few_step[_<only>][_quick].json.
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, distil_seconds, pivot, print_pivot, print_table, script_parser, write_report
-from genkit.compare.training import train_or_reuse
-from genkit.config import load_config
-from genkit.fields import FieldConfig
-from genkit.schedules.file import read_schedule
-from genkit.schedules.grid import fitted_grid
+from genkit.compare.output import bench_config, chosen, pivot, print_pivot, script_parser, write_report
 from samplers import BASELINES
 
 MODELS = ("digits", "crops")
 NFES = (3, 4, 5)
-SCHEDULE_SOLVERS = ("euler", "ipndm", "dpmpp_2m")
-# method -> its options (genkit.schedules.grid); a saved schedule's name starts with its method
-FITS = {
-    "gits": {"grid_points": 128, "teacher_steps": 1, "num_samples": 128},
-    "ld3": {"iterations": 200, "num_samples": 256, "batch_size": 64, "teacher_steps": 64},
-}
+# The smoke run's fits (the full ones are the config's samplers.fit); a fitted schedule's name starts with its method.
 QUICK_FITS = {
     "gits": {"grid_points": 16, "teacher_steps": 1, "num_samples": 8},
     "ld3": {"iterations": 2, "num_samples": 8, "teacher_steps": 4},
@@ -33,18 +23,11 @@ QUICK = ["num_samples=16", "run_overrides=[train.steps=2,train.log_every=1,train
 TITLES = {"rmse": "terminal RMSE to the reference", "excess_fd": "excess FD (FD minus the reference solve's)"}
 
 
-def fitted_schedules(config, quick: bool) -> list[Path]:
-    """GITS and LD3 schedules of each SCHEDULE_SOLVERS at each NFE for the config's field, fitted now or reused."""
-    run = train_or_reuse(config.samplers.train_field, config.run_overrides)
-    field = FieldConfig(kind="flow_run", path=str(run.folder)).load()
-    return fitted_grid(field, run.last_stage.schedules, QUICK_FITS if quick else FITS, SCHEDULE_SOLVERS, NFES)
-
-
 def rows(result: dict) -> list[dict]:
     """The comparison's cells, each with a `label`: the method, and its schedule unless that is a baseline's."""
     cells = compare.cells(result)
     for cell in cells:
-        fitted = cell["schedule"].startswith(tuple(FITS))
+        fitted = cell["schedule"].startswith(tuple(QUICK_FITS))
         cell["label"] = cell["schedule"] if fitted else f"{cell['method']} ({cell['schedule']})"
         cell["baseline"] = cell["method"] in BASELINES and not fitted
     return cells
@@ -58,13 +41,6 @@ def best(cells: list[dict], nfe: int, metric: str, baseline: bool) -> dict | Non
     """
     scored = [c for c in cells if c["nfe"] == nfe and c["baseline"] == baseline and c.get(metric) is not None]
     return min(scored, key=lambda c: abs(c[metric]), default=None)
-
-
-def fitting_seconds(config, schedules: list[Path]) -> dict[str, float]:
-    """Seconds each fitted schedule and each distilled predictor took on this CPU."""
-    seconds = {path.stem: read_schedule(path).settings["seconds"] for path in schedules}
-    distilled = distil_seconds(config.run_dir, config.samplers.distill)
-    return seconds | {f"{name}_nfe{nfe}": value for name, row in distilled.items() for nfe, value in row.items()}
 
 
 def goal(model: str, cells: list[dict]) -> dict:
@@ -97,18 +73,19 @@ if __name__ == "__main__":
     args = parser.parse_args()
     results = {}
     for model in chosen(MODELS, args.only):
-        overrides = (QUICK if args.quick else []) + (["samplers.metrics=[rmse]"] if args.rmse_only else [])
-        config = load_config(f"compare/bench_few_step_{model}", overrides)
+        config = bench_config(
+            f"bench_few_step_{model}", args.quick, QUICK, ["samplers.metrics=[rmse]"] * args.rmse_only
+        )
         if args.quick:
-            config.name += "-quick"
             config.samplers.train_field.overrides.append("name=flow_quick")
-        schedules = fitted_schedules(config, args.quick)
-        config.samplers.schedules = [*config.samplers.schedules, *map(str, schedules)]
+            for fit in config.samplers.fit:
+                fit.options = QUICK_FITS[fit.method]
         cells = rows(compare.run(config))
         for metric in ("rmse", "excess_fd") if "fd" in config.samplers.metrics else ("rmse",):
             print_pivot(f"{model}: {TITLES[metric]}", pivot(cells, metric, "label"), NFES, ".4g", skip_empty=True)
-        seconds = fitting_seconds(config, schedules)
-        print_table(f"{model}: fitting time on this CPU", {name: {"s": v} for name, v in seconds.items()}, ["s"], ".1f")
+        print_pivot(
+            f"{model}: fitting seconds on this CPU", seconds := pivot(cells, "fit_seconds", "label"), NFES, ".1f", True
+        )
         results[model] = {"cells": cells, "fitting_seconds": seconds, "goal": goal(model, cells)}
     stem = "bench_few_step" + (f"_{args.only}" if args.only else "") + ("_quick" if args.quick else "")
     write_report(Path("runs") / f"{stem}.json", results)

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, print_table, script_parser, write_report
+from genkit.compare.output import chosen, mean_spread, print_table, script_parser, write_report
 from genkit.config import load_config
 
 LOSSES = ("l1", "perceptual", "adversarial", "gan")  # gan: the adversarial term without the perceptual one
@@ -41,7 +41,6 @@ if __name__ == "__main__":
         result = compare.run(load_config(f"compare/bench_tokenizer_losses_{data}"))
         report[data] = table = by_loss(result, Path("runs/bench_tokenizer_losses"))
         distance = "rFD (digits)" if data == "digits" else "rFID (Inception)"
-        mean_spread = lambda v: f"{statistics.mean(v):.4g} ({max(v) - min(v):.2g})"  # noqa: E731
         spread = {loss: {column: mean_spread(v) for column, v in table[loss].items()} for loss in LOSSES}
         print_table(f"{data}: mean (spread) over seeds; {distance} in the rfd column", spread, COLUMNS, width=24)
     write_report(Path("runs/bench_tokenizer_losses.json"), report)

@@ -14,12 +14,12 @@ from torch import Tensor, nn
 
 from genkit import compare
 from genkit.compare.output import print_table, script_parser, wall_seconds, write_report
-from genkit.compare.training import RunSpec
 from genkit.config import load_config
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
 SIZES = (2**8, 2**10, 2**12, 2**14)
+KINDS = ("fsq", "vq", "vqr")  # vqr: VQ with dead-code restarts
 SPEED_FORMATS = {"ours": ".3g", "theirs": ".3g", "ours/theirs": ".2f"}  # identical: "yes" or "NO" (FSQ only)
 
 
@@ -66,32 +66,22 @@ def throughput() -> dict[str, dict[str, float]] | None:
         row["ours/theirs"] = row["ours"] / row["theirs"]
         if key.startswith("fsq"):  # the same algorithm: the same codes, indices and input gradients, bit for bit
             (ours, grad), (theirs, their_grad) = (outputs(q, inputs[built[key][2]]) for q in built[key][:2])
-            row["identical"] = all(map(torch.equal, (*ours[:2], grad), (*theirs[:2], their_grad)))
+            same = all(map(torch.equal, (*ours[:2], grad), (*theirs[:2], their_grad)))
+            row["identical"] = "yes" if same else "NO"
     return table
 
 
 if __name__ == "__main__":
-    parser = script_parser(__doc__)
-    parser.add_argument("--vq-restart", action="store_true", help="add VQ with dead-code restarts (threshold 1.0)")
-    kinds = ("fsq", "vq", "vqr") if parser.parse_args().vq_restart else ("fsq", "vq")
+    script_parser(__doc__).parse_args()
     start = time.perf_counter()
     speed = throughput()
     if speed is not None:
-        table = {
-            key: row | {"identical": {True: "yes", False: "NO"}.get(row.get("identical"))} for key, row in speed.items()
-        }
-        print_table("vectors/s", table, ("ours", "theirs", "ours/theirs", "identical"), SPEED_FORMATS, width=13)
+        print_table("vectors/s", speed, ("ours", "theirs", "ours/theirs", "identical"), SPEED_FORMATS, width=13)
     config = load_config("compare/bench_tokenizers")
-    for size in SIZES if "vqr" in kinds else ():  # the vq runs of the config, with restarts
-        restart = ["model.quantizer.kind=vq", f"model.quantizer.codebook_size={size}", "model.latent_dim=8"]
-        restart += ["model.quantizer.dead_code_threshold=1.0", f"name=vqr_{size}"]
-        config.tokenizers.train.append(RunSpec("tokenizer/demo", restart))
     columns = ("codebook_size", "codebook_usage", "psnr", "train_seconds")
     usage = {row["run"]: {key: row[key] for key in columns} for row in compare.cells(compare.run(config))}
-    table = {
-        kind: {size: "{codebook_usage:.1%} / {psnr:.2f}".format(**usage[f"{kind}_{size}"]) for size in SIZES}
-        for kind in kinds
-    }
+    text = "{codebook_usage:.1%} / {psnr:.2f}"
+    table = {kind: {size: text.format(**usage[f"{kind}_{size}"]) for size in SIZES} for kind in KINDS}
     print_table("usage / PSNR dB", table, SIZES, width=16, headers=[f"2^{size.bit_length() - 1}" for size in SIZES])
     result = {"throughput_vectors_per_second": speed, "usage": usage, "torch": torch.__version__}
     write_report(Path("runs/bench_tokenizers.json"), result, start)

@@ -8,15 +8,11 @@ runs/reproduce_gans.json (or _quick).
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, print_table, script_parser, write_report
+from genkit.compare.output import bench_config, chosen, print_table, script_parser, write_report
 from genkit.compare.scoring import DISTANCES
-from genkit.config import load_config
 
 DATA = {"toys": ("8gaussians", "moons"), "mnist": ("mnist5k",)}
-QUICK = [
-    "run_overrides=[output_dir=runs/reproduce_gans_quick,train.tracker=none,train.steps=10,train.log_every=5,"
-    "train.eval_every=10,train.checkpoint_every=10]"
-]
+QUICK = ["run_overrides=[output_dir=runs/reproduce_gans_quick,train.tracker=none,train.steps=10,train.log_every=5]"]
 
 
 def table(result: dict) -> dict[str, dict]:
@@ -44,8 +40,7 @@ if __name__ == "__main__":
     args = script_parser(__doc__, only=DATA, quick=True).parse_args()
     results = {}
     for data in chosen(DATA, args.only):
-        config = load_config(f"compare/reproduce_gans_{data}", QUICK if args.quick else [])
-        config.name += "-quick" if args.quick else ""
+        config = bench_config(f"reproduce_gans_{data}", args.quick, QUICK)
         results[data] = table(compare.run(config))
         print_rows(data, results[data], "fd" if data in DATA["mnist"] else "sw")
     write_report(Path("runs") / ("reproduce_gans_quick.json" if args.quick else "reproduce_gans.json"), results)

@@ -9,7 +9,7 @@ Protocol and flags: docs/benchmarks.md. Writes runs/reproduce_reflow.json (or _q
 from pathlib import Path
 
 from genkit import compare
-from genkit.compare.output import chosen, print_table, script_parser, write_report
+from genkit.compare.output import bench_config, chosen, print_table, script_parser, write_report
 from genkit.compare.scoring import DISTANCES
 from genkit.config import load_config
 from genkit.runs import Run
@@ -35,16 +35,13 @@ def stage_table(result: dict, run: Path) -> tuple[dict[str, dict], dict]:
     return stages, floor
 
 
-def change(before: float, after: float, floor: float) -> str:
-    return "equal" if abs(after - before) <= floor else ("better" if after < before else "worse")
-
-
 def report(data: str, stages: dict[str, dict], floor: dict) -> dict[str, str]:
     """Print the data set's table and its trend against the paper's; the trend."""
     columns = [key for key in next(iter(stages.values())) if key != "train s"] + ["train s"]
     print_table(data, {label: stages[stage] for stage, label in STAGES.items()}, columns, width=13)
     print(f"{'floor':<14}" + "".join(f"{key}@train {value:.4g}   " for key, value in floor.items()))
     metric = "fd" if "fd" in floor else "sw"
+    change = lambda a, b, floor: "equal" if abs(b - a) <= floor else ("better" if b < a else "worse")  # noqa: E731
     one = [stages[stage][f"{metric}@1"] for stage in STAGES]
     solve = [stages[stage][f"{metric}@ode"] for stage in ("1-rf", "2-rf")]
     straight = [stages[stage]["straightness"] for stage in ("1-rf", "2-rf")]
@@ -65,11 +62,9 @@ if __name__ == "__main__":
     args = script_parser(__doc__, only=DATA, quick=True).parse_args()
     results = {}
     for data in chosen(DATA, args.only):
-        config = load_config(f"compare/reproduce_reflow_{data}")
+        config = bench_config(f"reproduce_reflow_{data}", args.quick)
         spec = config.samplers.train_field
-        if args.quick:
-            config.name += "-quick"
-            spec.overrides += [*QUICK, "output_dir=runs/reproduce_reflow_quick"]
+        spec.overrides += [*QUICK, "output_dir=runs/reproduce_reflow_quick"] if args.quick else []
         stages, floor = stage_table(compare.run(config), Path(load_config(spec.config, spec.overrides).run_dir))
         results[data] = {"stages": stages, "floor": floor, "trend": report(data, stages, floor)}
     write_report(Path("runs") / ("reproduce_reflow_quick.json" if args.quick else "reproduce_reflow.json"), results)

@@ -51,7 +51,8 @@ def test_few_step_benchmark_quick_run_scores_every_method():
     learned = {f"amed_plugin(ipndm)[end_to_end] (learned_amed_plugin_nfe{nfe}_karras)" for nfe in (3, 4, 5)}
     assert learned <= plugins, plugins
     assert all(cell.get("excess_fd") is not None for cell in result["cells"] if cell.get("rmse") is not None)
-    assert len(result["fitting_seconds"]) == 2 * 9 + 3 * 3
+    fitted = [value for row in result["fitting_seconds"].values() for value in row.values() if value is not None]
+    assert len(fitted) == 2 * 9 + 3 * 3, result["fitting_seconds"]
     assert {"rmse", "excess_fd"} == result["goal"].keys()
 
 
@@ -66,6 +67,19 @@ def test_guidance_benchmark_quick_run_fills_every_row():
         assert rows["amed_plugin"]["2.0"]["method"].startswith("amed_plugin") and rows["best"]["2.0"]["nfe"] == 5
         assert all(0 <= cell["agreement"] <= 1 for by_weight in rows.values() for cell in by_weight.values())
         assert {"agreement_rises", "best_minus_reference", "within_2_points"} == result[seed]["goal"].keys()
+
+
+@pytest.mark.slow
+def test_latent_generation_benchmark_quick_run_fills_every_row():
+    """The smoke budget on the digits (the crops' gFID runs Inception: minutes on a CPU)."""
+    script = ROOT / "scripts" / "bench_latents.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--only", "digits"], check=True, cwd=ROOT)
+    runs = json.loads((ROOT / "runs" / "bench_latents_quick.json").read_text())["digits"]
+    assert list(runs) == ["pixel", "fsq", "vq"] and all(len(rows) == 2 for rows in runs.values())
+    for flow, rows in runs.items():
+        for row in rows:
+            assert {"gFD nfe4", "gFD nfe8", "gFD ref", "agreement ref", "flow s"} <= row.keys(), (flow, row)
+            assert ({"rFD", "usage", "tokenizer s"} <= row.keys()) == (flow != "pixel"), (flow, row)
 
 
 @pytest.mark.slow

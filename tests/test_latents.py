@@ -1,7 +1,9 @@
 """Latent flows (docs/latents.md): a tokenizer's latents as cached data, a flow on them, its samples decoded."""
 
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +15,15 @@ from weights import assert_same_weights, float64_training_atol
 
 import samplers
 from genkit import latents
-from genkit.data import DataConfig, build_dataset, validation_samples
+from genkit.config import load_config
+from genkit.data import DataConfig, build_dataset, image_channels, validation_samples
 from genkit.errors import GenkitError
 from genkit.fields import load_flow_run
-from genkit.latents import LatentCodec, decoder_input, encoded, tokenizer_run
+from genkit.latents import LatentCodec, decoder_input, encoded, latent_shape, tokenizer_run
 from genkit.models import load_tokenizer
 from genkit.noise import initial_noise
 from genkit.runs import Run
+from genkit.train.tokenizer import build_tokenizer
 
 TRAIN = {"batch_size": 8, "tracker": "none", "log_every": 3, "eval_every": 100, "ema_decay": 0.0}
 DATA = {"source": "mnist5k", "image_size": 16}
@@ -225,3 +229,25 @@ def test_an_unfinished_tokenizer_is_one_line(folder, tmp_path):
     (tmp_path / "config.yaml").write_text((folder / "runs" / "fsq" / "config.yaml").read_text())
     with pytest.raises(GenkitError, match="has not finished"):
         tokenizer_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flow", "tokenizer"),
+    [
+        ("flow/latent_digits", "tokenizer/digits"),
+        ("flow/latent_crops", "tokenizer/demo"),
+        ("flow/latent_folder", "tokenizer/folder_f8_fsq"),
+    ],
+)
+def test_the_latent_recipes_build_on_their_tokenizer_recipes_latents(flow, tokenizer):
+    """Each recipe names its tokenizer recipe's run, reads the same data without augmentation, and its U-Net takes that
+    tokenizer's latents."""
+    flow, tokenizer = load_config(flow), load_config(tokenizer)
+    assert Path(flow.flow.tokenizer).name == tokenizer.name
+    assert flow.data == dataclasses.replace(tokenizer.data, flip=False, random_resized_crop=False)
+    shape = latent_shape(build_tokenizer(tokenizer.model, image_channels(tokenizer.data)), flow.data)
+    flow.model.check_size(shape[-1], "the latent size")
+    network = flow.model.build(shape, 10 if flow.flow.conditional else 0)
+    x, t = torch.zeros(1, *shape), torch.full((1,), 0.5)
+    with torch.no_grad():
+        assert network(x, t).shape == x.shape

@@ -18,7 +18,7 @@ from genkit.errors import GenkitError
 from genkit.fields import FieldConfig
 from genkit.noise import initial_noise
 from genkit.predictors import PREDICTOR_SCHEDULE
-from genkit.schedules.file import SavedSchedule, load_schedule, save_schedule
+from genkit.schedules.file import SavedSchedule, load_schedule, read_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.schedules.grid import fitted_grid
 from samplers import CountingVelocity, euler, reference
@@ -180,3 +180,31 @@ def test_a_grid_of_fitted_schedules_is_fitted_once_then_read_back(tmp_path, monk
 
     monkeypatch.setattr("genkit.schedules.grid.FITS", {"gits": never, "ld3": never})
     assert fitted_grid(field, tmp_path, options, ["euler"], [3, 4]) == paths
+
+
+def test_compare_fits_its_grid_of_schedules_once_and_reports_the_fitting_time(tmp_path):
+    options = {"grid_points": 16, "num_samples": 8}
+    fit = {"method": "gits", "solvers": ["euler", "ipndm"], "nfe": [4], "options": options}
+    samplers = {"field": MIXTURE, "solvers": ["euler"], "nfe": [4], "metrics": ["rmse"], "fit": [fit]}
+    config = {"task": "compare", "name": "cmp", "num_samples": 8, "tracker": "none", "output_dir": "runs"}
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({**config, "samplers": samplers}))
+    names = ("gits_euler_nfe4", "gits_ipndm_nfe4")
+    folder = tmp_path / "runs" / "cmp"
+
+    def compared() -> tuple[list[dict], list[float]]:
+        result = genkit(tmp_path, "compare", "compare.yaml")
+        assert result.returncode == 0, result.stderr[-3000:]
+        table = json.loads((folder / "comparison.json").read_text())
+        seconds = [read_schedule(folder / "schedules" / f"{name}.json").settings["seconds"] for name in names]
+        return [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]], seconds
+
+    rows, seconds = compared()
+    assert [(r["method"], r["schedule"], r["nfe_counted"]) for r in rows] == [
+        ("euler", "karras", 4),
+        ("euler", "gits_euler_nfe4", 4),
+        ("ipndm", "gits_ipndm_nfe4", 4),
+    ]
+    assert [r["fit_seconds"] for r in rows] == [None, *seconds], "each cell reports what its fit took"
+    again, seconds_again = compared()
+    assert seconds_again == seconds, "fitted once: the second run read the saved schedules back"
+    assert [r["fit_seconds"] for r in again] == [None, *seconds]

@@ -2,6 +2,7 @@
 the benchmark scripts (scripts/) share: their flags, a pivot of the table by method x NFE, text tables, JSON."""
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,18 @@ def script_parser(doc: str, only: Sequence[str] = (), quick: bool = False) -> ar
     return parser
 
 
+def bench_config(
+    name: str, quick: bool = False, quick_overrides: Sequence[str] = (), overrides: Sequence[str] = (), tag: str = ""
+):
+    """The shipped compare config compare/<name> with `overrides`, its run named <name><tag>; for a `--quick` smoke run
+    also `quick_overrides`, and named <name><tag>-quick so that its tables do not overwrite the full run's."""
+    from genkit.config import load_config  # the compare task registers itself with genkit.config, which imports this
+
+    config = load_config(f"compare/{name}", [*overrides, *(quick_overrides if quick else ())])
+    config.name += tag + ("-quick" if quick else "")
+    return config
+
+
 def chosen(names: Sequence[str] | Mapping[str, Sequence[str]], only: str | None) -> list[str]:
     """What a run with `--only only` covers: every name without it, else the one chosen; `names` is a list of
     names or maps each choice to its names (`--only toys` for 8gaussians and moons)."""
@@ -146,6 +159,12 @@ def print_pivot(
     the first row's)."""
     nfes = list(next(iter(table.values()), {})) if nfes is None else nfes
     print_table(title, table, nfes, fmt, headers=[f"NFE {nfe}" for nfe in nfes], skip_empty=skip_empty)
+
+
+def mean_spread(values: Sequence[float | None]) -> str:
+    """'mean (max - min)' of the values given (None: not measured), or '-' when there are none."""
+    given = [value for value in values if value is not None]
+    return f"{statistics.mean(given):.4g} ({max(given) - min(given):.2g})" if given else "-"
 
 
 def distil_seconds(run_dir: Path, grids: Iterable) -> dict[str, dict[int, float]]:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -50,6 +51,7 @@ from genkit.predictors import load_distilled
 from genkit.progress import progress
 from genkit.runs import Run
 from genkit.schedules.file import SavedSchedule, load_schedule, schedule_name
+from genkit.schedules.grid import FITS, fitted_grid
 from genkit.tracking import RunLog
 from genkit.velocity import Velocity
 
@@ -57,6 +59,23 @@ METRICS = ("rmse", *DISTANCES, "agreement")
 DEFAULT_SCHEDULE = "default"  # each solver's usual schedule on the field (Field.default_schedule)
 REFERENCE_METHODS = ("DOP853", "RK45")
 REFERENCE_BAR_DELAY = 2.0  # seconds: only a long reference solve shows its bar
+
+
+@dataclass
+class FitGrid:
+    """Schedules fitted for the compared field (genkit.schedules.grid), one cell each: GITS (`gits`, genkit schedule
+    search) or LD3 (`ld3`, genkit schedule learn) with `options`, for each solver at each NFE; saved with the model's
+    schedules (a flow run's schedules/ folder, else the comparison's) and reused once there."""
+
+    method: str = "gits"
+    solvers: list[str] = dataclasses.field(default_factory=lambda: ["euler"])
+    nfe: list[int] = ranged(lambda: [5], minimum=1)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        check_choice("samplers.fit.method", self.method, tuple(FITS))
+        for solver in self.solvers:
+            check_choice("samplers.fit.solvers", solver, samplers.BASELINES)
 
 
 @dataclass
@@ -98,6 +117,7 @@ class SamplerGrid:
     schedules: list[str] = dataclasses.field(default_factory=lambda: [DEFAULT_SCHEDULE])  # names or saved files
     predictors: list[str] = dataclasses.field(default_factory=list)
     distill: list[DistillGrid] = dataclasses.field(default_factory=list)
+    fit: list[FitGrid] = dataclasses.field(default_factory=list)
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rmse"])
     reference_method: str = "DOP853"
     reference_tolerance: float = ranged(1e-7, above=0)
@@ -123,7 +143,7 @@ class SamplerGrid:
             check_choice("samplers.metrics", metric, METRICS)
         check_choice("samplers.extractor", self.extractor, EXTRACTORS)
         check_choice("samplers.reference_method", self.reference_method, REFERENCE_METHODS)
-        if self.stages and (self.predictors or self.distill or self.schedule_files):
+        if self.stages and (self.predictors or self.distill or self.fit or self.schedule_files):
             raise GenkitError(
                 "samplers.stages compares a ReFlow run's stages; predictors and saved schedules belong to one field"
             )
@@ -138,6 +158,12 @@ def predictor_field(predictor: Path) -> str:
     """The id of the field the predictor in model folder `predictor` was distilled for."""
     config = predictor / "config.json"
     return json.loads(config.read_text()).get("field_id", "") if config.is_file() else ""
+
+
+def distilled_seconds(predictor: Path) -> float | None:
+    """The training seconds of the AMED run whose model folder is `predictor`, if it is a run's."""
+    run = Run(predictor.parent)
+    return run.training_seconds if run.config_file.is_file() else None
 
 
 def distilled_loss(predictor: Path) -> str | None:
@@ -156,6 +182,7 @@ class Cell:
     schedule: str | SavedSchedule
     options: dict
     field: str | None = None  # a predictor's cell runs only on the field (id) it was distilled for
+    fit_seconds: float | None = None  # what fitting its schedule or distilling its predictor took
 
 
 class EvaluationBar:
@@ -208,7 +235,7 @@ class SamplerComparison:
         if distances:
             data = grid.reference_data or self.run_data()
             self.scorer = SampleScorer(data, distances, extractor, accelerator)
-        self.cells = self.grid_cells(run_dir / "predictors")
+        self.cells = self.grid_cells(run_dir)
         for name, field in self.fields.items():
             for cell in self.field_cells(name):
                 field.form(cell.schedule, cell.solver)  # a schedule or solver that does not fit fails here
@@ -220,7 +247,7 @@ class SamplerComparison:
             column for metric in grid.metrics for column in ([metric, "excess_fd"] if metric == "fd" else [metric])
         ]
         self.columns = ["field", "method", "solver", "schedule", "nfe", *metrics, *straight]
-        self.columns += ["nfe_counted", "seconds"]
+        self.columns += ["nfe_counted", "seconds", "fit_seconds"]
         self.shown = [column for column in self.columns if column != "solver"]
 
     def run_data(self) -> DataConfig:
@@ -240,25 +267,36 @@ class SamplerComparison:
         """The cells run on field `name`: every cell without a field, and the predictors made for it."""
         return [cell for cell in self.cells if cell.field in (None, self.fields[name].field_id)]
 
-    def grid_cells(self, predictor_folder: Path) -> list[Cell]:
-        """Baselines x schedules x NFE (a saved schedule: its own cells), then one cell per predictor, on the
-        field (of the guidance weight) it was distilled for."""
+    def grid_cells(self, run_dir: Path) -> list[Cell]:
+        """Baselines x schedules x NFE (a saved or fitted schedule: its own cells), then one cell per predictor, on
+        the field (of the guidance weight) it was distilled for."""
         grid, cells = self.grid, []
         field = next(iter(self.fields.values()))
+        if grid.fit and field.guidance is not None:
+            raise GenkitError(
+                "samplers.fit fits on an unconditional field; fit a guided one with genkit schedule search"
+            )
+        flow = Run(grid.field.path).last_stage if grid.field.kind == "flow_run" else None
+        folder = flow.schedules if flow else run_dir / "schedules"
+        fitted = [
+            str(path)
+            for fit in grid.fit
+            for path in fitted_grid(field, folder, {fit.method: fit.options}, fit.solvers, fit.nfe)
+        ]
         for solver in grid.solvers:
             for schedule in grid.schedules:
                 if schedule not in grid.schedule_files:
                     resolved = field.default_schedule(solver) if schedule == DEFAULT_SCHEDULE else schedule
                     cells += [Cell(solver, solver, nfe, resolved, {}) for nfe in grid.nfe]
-        for schedule in grid.schedule_files:
+        for schedule in [*grid.schedule_files, *fitted]:
             saved = load_schedule(Path(schedule), field)
             for solver in [saved.solver] if saved.solver else grid.solvers:
-                cells.append(Cell(solver, solver, saved.nfe(solver), saved, {}))
+                cells.append(Cell(solver, solver, saved.nfe(solver), saved, {}, None, saved.settings.get("seconds")))
         paths = [Path(path) for path in grid.predictors]
         for distill in grid.distill:
             paths += [
                 train_or_reuse(spec, self.shared.run_overrides).model
-                for spec in distill.specs(grid.field, predictor_folder, grid.guidance)
+                for spec in distill.specs(grid.field, run_dir / "predictors", grid.guidance)
             ]
         for path in paths:
             made_for = next((f for f in self.fields.values() if f.field_id == predictor_field(path)), field)
@@ -267,8 +305,8 @@ class SamplerComparison:
             method = settings.solver if settings.solver == "amed" else f"amed_plugin({settings.base})"
             method += "[bottleneck]" if settings.features == "bottleneck" else ""
             method += "[end_to_end]" if distilled_loss(path) == "end_to_end" else ""
-            options = distilled.solver_options
-            cells.append(Cell(method, settings.solver, distilled.nfe, distilled.schedule, options, made_for.field_id))
+            cell = Cell(method, settings.solver, distilled.nfe, distilled.schedule, distilled.solver_options)
+            cells.append(dataclasses.replace(cell, field=made_for.field_id, fit_seconds=distilled_seconds(path)))
         return cells
 
     def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
@@ -334,7 +372,7 @@ class SamplerComparison:
             reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
             row = {"field": name, "method": cell.method, "solver": cell.solver}
             row["schedule"] = schedule_name(cell.schedule)
-            row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds}
+            row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds, "fit_seconds": cell.fit_seconds}
             if reachable:
                 row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
                 if "rmse" in grid.metrics:

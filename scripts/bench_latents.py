@@ -1,0 +1,55 @@
+"""Generation on the tokenizer: latent flows on FSQ and on VQ against a pixel flow of the same size and budget.
+
+For each seed and data set, trains the FSQ and VQ tokenizers of configs/compare/bench_latents_<data>_tokenizers.yaml
+(rFD/rFID, usage) and a flow on each one's latents beside a pixel flow (bench_latents_<data>.yaml), and prints gFD/gFID
+at NFE 4 and 8 and of the reference solve with each stage's training seconds, as mean (spread) over the seeds
+(docs/latents.md §5). `--only digits|crops`; `--quick` is a smoke run. Writes runs/bench_latents[_quick].json.
+"""
+
+from pathlib import Path
+
+from genkit import compare
+from genkit.compare.output import bench_config, chosen, mean_spread, print_table, script_parser, write_report
+from genkit.runs import Run
+
+DATA, FLOWS, SEEDS = ("digits", "crops"), ("pixel", "fsq", "vq"), (0, 1)
+COLUMNS = ("rFD", "usage", "gFD nfe4", "gFD nfe8", "gFD ref", "agreement ref", "tokenizer s", "flow s")
+QUICK = ["num_samples=16", "run_overrides=[train.steps=2,train.eval_every=2,train.tracker=none]"]
+
+
+def tokenizers(data: str, folder: str, seed: int, quick: bool) -> dict[str, dict]:
+    """FSQ and VQ trained in `folder`: name -> their rFD, usage and training seconds."""
+    config = bench_config(f"bench_latents_{data}_tokenizers", quick, QUICK, tag=f"-s{seed}")
+    config.run_overrides += [f"output_dir={folder}", f"train.seed={seed}"]
+    cells = compare.cells(compare.run(config))
+    return {c["run"]: {"rFD": c["rfd"], "usage": c["codebook_usage"], "tokenizer s": c["train_seconds"]} for c in cells}
+
+
+def generation(data: str, folder: str, flow: str, seed: int, quick: bool) -> dict[str, float]:
+    """The flow (pixel, or on the latents of tokenizer `flow`): gFD at each NFE and of the reference, training s."""
+    config = bench_config(f"bench_latents_{data}", quick, QUICK, tag=f"-{flow}-s{seed}")
+    spec = config.samplers.train_field
+    spec.overrides += [f"name={flow}_flow", f"output_dir={folder}", f"train.seed={seed}"]
+    spec.overrides += [] if flow == "pixel" else [f"flow.tokenizer={folder}/{flow}"]
+    cells = compare.cells(compare.run(config))
+    row = {"flow s": Run(Path(folder) / f"{flow}_flow").training_seconds}
+    for cell in cells:
+        key = "ref" if cell["method"].startswith("reference") else f"nfe{cell['nfe']}"
+        row |= {f"gFD {key}": cell["fd"]} | ({f"agreement {key}": cell["agreement"]} if "agreement" in cell else {})
+    return row
+
+
+if __name__ == "__main__":
+    args = script_parser(__doc__, only=DATA, quick=True).parse_args()
+    results, suffix = {}, "_quick" if args.quick else ""
+    for data in chosen(DATA, args.only):
+        runs = {flow: [] for flow in FLOWS}
+        for seed in SEEDS:
+            folder = f"runs/bench_latents/{data}_s{seed}{suffix}"
+            scores = tokenizers(data, folder, seed, args.quick)
+            for flow in FLOWS:
+                runs[flow].append(scores.get(flow, {}) | generation(data, folder, flow, seed, args.quick))
+        results[data] = runs
+        table = {flow: {c: mean_spread([row.get(c) for row in rows]) for c in COLUMNS} for flow, rows in runs.items()}
+        print_table(f"{data}: mean (spread) over seeds {SEEDS}", table, COLUMNS, width=18)
+    write_report(Path(f"runs/bench_latents{suffix}.json"), results)
