@@ -284,10 +284,12 @@ class SamplerComparison:
             for path in fitted_grid(field, folder, {fit.method: fit.options}, fit.solvers, fit.nfe)
         ]
         for solver in grid.solvers:
-            for schedule in grid.schedules:
-                if schedule not in grid.schedule_files:
-                    resolved = field.default_schedule(solver) if schedule == DEFAULT_SCHEDULE else schedule
-                    cells += [Cell(solver, solver, nfe, resolved, {}) for nfe in grid.nfe]
+            named = [schedule for schedule in grid.schedules if schedule not in grid.schedule_files]
+            resolved = [field.default_schedule(solver) if name == DEFAULT_SCHEDULE else name for name in named]
+            # `default` may name a schedule also listed: one cell each.
+            cells += [
+                Cell(solver, solver, nfe, schedule, {}) for schedule in dict.fromkeys(resolved) for nfe in grid.nfe
+            ]
         for schedule in [*grid.schedule_files, *fitted]:
             saved = load_schedule(Path(schedule), field)
             for solver in [saved.solver] if saved.solver else grid.solvers:
