@@ -3,9 +3,13 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genkit import __version__
 from genkit.errors import GenkitError, TrainingStopped
+
+if TYPE_CHECKING:  # each command imports what it needs when it runs (`genkit --help` imports no torch)
+    from genkit.guidance import Guidance
 
 # Each command imports what it needs when it runs (or when its own --help is built): `genkit --help` imports
 # neither torch nor diffusers, and answers in a fraction of a second.
@@ -123,7 +127,7 @@ def sample(args: argparse.Namespace) -> None:
         print(f"{args.num} samples on {state.num_processes} process(es): {', '.join(map(str, written))}")
 
 
-def guidance(args: argparse.Namespace):
+def guidance(args: argparse.Namespace) -> "Guidance | None":
     """The Guidance of --guidance W (None when not given: a conditional model then runs at w = 1)."""
     from genkit.guidance import Guidance
 
