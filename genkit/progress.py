@@ -5,6 +5,7 @@ a redrawn bar would be thousands of carriage-return updates on one line; there t
 its start, at most every LOG_SECONDS, and at its end, each ending in a newline.
 """
 
+import re
 import sys
 from typing import TextIO
 
@@ -13,14 +14,19 @@ from tqdm.auto import tqdm
 LOG_SECONDS = 60.0
 
 
+# The cursor moves tqdm writes around a bar that is not the first (nested, or closed with leave=False).
+CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class Lines:
-    """A stream for tqdm that turns its redraws into whole lines: carriage returns dropped, blank redraws skipped."""
+    """A stream for tqdm that turns its redraws into whole lines: carriage returns and cursor moves dropped, blank
+    redraws skipped."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip()
+        line = CURSOR_MOVES.sub("", text.replace("\r", "")).strip()
         if line:
             self.stream.write(line + "\n")
 

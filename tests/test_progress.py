@@ -30,3 +30,14 @@ def test_a_disabled_bar_writes_nothing():
         for _ in progress(range(100), desc="quiet", disable=True):
             pass
     assert stream.getvalue() == ""
+
+
+def test_nested_bars_leave_no_cursor_moves_in_a_log(monkeypatch):
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream), progress(range(2), desc="outer") as outer:
+        for _ in outer:
+            for _ in progress(range(3), desc="inner", leave=False, position=1):
+                pass
+    text = stream.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert all(line.startswith(("outer:", "inner:")) for line in text.splitlines()), text
