@@ -304,7 +304,9 @@ def conditional_mixture(mixture: GaussianMixture, field_id: str) -> Field:
 
 def frozen(network: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
     """The network on `device` (in `dtype`) in eval mode with gradients off for its parameters, not its inputs."""
-    return network.to(device, dtype).eval().requires_grad_(False)
+    # A dtype only when given: diffusers warns about a cast whenever `to` is passed one, None included.
+    network = network.to(device) if dtype is None else network.to(device, dtype)
+    return network.eval().requires_grad_(False)
 
 
 def load_flow_run(
