@@ -167,19 +167,27 @@ def test_a_latent_flow_trained_on_two_ranks_equals_one(folder, monkeypatch):
 
 def test_decoding_the_round_trip_of_an_encoded_image_reproduces_its_reconstruction(folder):
     """image -> z_q -> noise by the reverse ODE -> the forward solve -> decoded: the tokenizer's reconstruction, up to
-    the reference solver's tolerance (float64 throughout)."""
-    field = load_flow_run(folder / "runs" / "latent", dtype=torch.float64).bind(torch.arange(4))
+    the reference solver's tolerance (float64 throughout).
+
+    The U-Net's time embedding is zeroed: an untrained one oscillates in t on the scale of 1 / 999 (its time scale),
+    which costs DOP853 some 9,000 evaluations at this tolerance; a velocity constant in t costs about 120 and still
+    takes every step of the path under test (normalise, the latent field's two directions, denormalise, decode)."""
+    field = load_flow_run(folder / "runs" / "latent", dtype=torch.float64)
+    for parameter in field.conditioning.model.unet.time_embedding.linear_1.parameters():
+        torch.nn.init.zeros_(parameter)
+    field = field.bind(torch.arange(4))
     codec, _ = LatentCodec.recorded(Run(folder / "runs" / "latent").latents)
     codec.tokenizer.double()
     images = validation_samples(DataConfig(**DATA), 4).double()
     x1 = codec.normalise(decoder_input(codec.tokenizer, images))
     velocity, path = field.form("uniform")
-    noise = samplers.reference(velocity, x1, 1.0, path.t_start, rtol=1e-8, atol=1e-8)
+    noise = samplers.reference(velocity, x1, 1.0, path.t_start, rtol=1e-10, atol=1e-10)
     assert (noise - x1).abs().max() > 0.1, "not vacuous: the solve moves the latents"
-    decoded = field.decoded(samplers.reference(velocity, noise, path.t_start, 1.0, rtol=1e-8, atol=1e-8))
+    decoded = field.decoded(samplers.reference(velocity, noise, path.t_start, 1.0, rtol=1e-10, atol=1e-10))
     with torch.no_grad():
         reconstruction, _ = codec.tokenizer(images)
-    torch.testing.assert_close(decoded, reconstruction, rtol=0, atol=1e-6)
+    # Here the error is about 2e-11; two orders of margin below allow for the decoder's gain on another CPU.
+    torch.testing.assert_close(decoded, reconstruction, rtol=0, atol=1e-8)
 
 
 def test_genkit_sample_writes_decoded_images_and_snaps_on_request(folder):
