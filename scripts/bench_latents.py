@@ -1,10 +1,9 @@
 """Generation on the tokenizer: latent flows on FSQ and on VQ against a pixel flow of the same size and budget.
 
-For each seed and data set, trains the FSQ and VQ tokenizers of configs/compare/bench_latents_<data>_tokenizers.yaml
-(rFD/rFID, usage) and a flow on each one's latents beside a pixel flow (bench_latents_<data>.yaml), and prints gFD/gFID
-at NFE 4 and 8 and of the reference solve with each stage's training seconds, as mean (spread) over the seeds
-(docs/latents.md §5). `--only digits|crops`; `--quick` is a smoke run. Writes runs/bench_latents[_quick].json.
-"""
+Per seed and data set: the tokenizers of configs/compare/bench_latents_<data>_tokenizers.yaml (rFD/rFID, usage), a flow
+on each one's latents (decoded as is, or snapped to the nearest code) and a pixel flow (bench_latents_<data>.yaml):
+gFD/gFID at NFE 4, 8 and the reference, training seconds, mean (spread) over seeds (docs/latents.md §5). `--only
+digits|crops`; `--quick` is a smoke run. Writes runs/bench_latents[_quick].json."""
 
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from genkit import compare
 from genkit.compare.output import bench_config, chosen, mean_spread, print_table, script_parser, write_report
 from genkit.runs import Run
 
-DATA, FLOWS, SEEDS = ("digits", "crops"), ("pixel", "fsq", "vq"), (0, 1)
+DATA, FLOWS, SEEDS = ("digits", "crops"), ("pixel", "fsq", "vq", "fsq snap", "vq snap"), (0, 1)
 COLUMNS = ("rFD", "usage", "gFD nfe4", "gFD nfe8", "gFD ref", "agreement ref", "tokenizer s", "flow s")
 QUICK = ["num_samples=16", "run_overrides=[train.steps=2,train.eval_every=2,train.tracker=none]"]
 
@@ -26,13 +25,14 @@ def tokenizers(data: str, folder: str, seed: int, quick: bool) -> dict[str, dict
 
 
 def generation(data: str, folder: str, flow: str, seed: int, quick: bool) -> dict[str, float]:
-    """The flow (pixel, or on the latents of tokenizer `flow`): gFD at each NFE and of the reference, training s."""
-    config = bench_config(f"bench_latents_{data}", quick, QUICK, tag=f"-{flow}-s{seed}")
+    """`flow`: pixel, a tokenizer, or "<tokenizer> snap" (its latents snapped to codes): gFD per NFE, training s."""
+    base, snap, tag = flow.split()[0], flow.endswith("snap"), f"-{flow.replace(' ', '-')}-s{seed}"
+    config = bench_config(f"bench_latents_{data}", quick, QUICK, [f"samplers.field.snap={snap}"], tag)
     spec = config.samplers.train_field
-    spec.overrides += [f"name={flow}_flow", f"output_dir={folder}", f"train.seed={seed}"]
-    spec.overrides += [] if flow == "pixel" else [f"flow.tokenizer={folder}/{flow}"]
+    spec.overrides += [f"name={base}_flow", f"output_dir={folder}", f"train.seed={seed}"]
+    spec.overrides += [] if base == "pixel" else [f"flow.tokenizer={folder}/{base}"]
     cells = compare.cells(compare.run(config))
-    row = {"flow s": Run(Path(folder) / f"{flow}_flow").training_seconds}
+    row = {"flow s": Run(Path(folder) / f"{base}_flow").training_seconds}
     for cell in cells:
         key = "ref" if cell["method"].startswith("reference") else f"nfe{cell['nfe']}"
         row |= {f"gFD {key}": cell["fd"]} | ({f"agreement {key}": cell["agreement"]} if "agreement" in cell else {})
@@ -48,7 +48,7 @@ if __name__ == "__main__":
             folder = f"runs/bench_latents/{data}_s{seed}{suffix}"
             scores = tokenizers(data, folder, seed, args.quick)
             for flow in FLOWS:
-                runs[flow].append(scores.get(flow, {}) | generation(data, folder, flow, seed, args.quick))
+                runs[flow].append(scores.get(flow.split()[0], {}) | generation(data, folder, flow, seed, args.quick))
         results[data] = runs
         table = {flow: {c: mean_spread([row.get(c) for row in rows]) for c in COLUMNS} for flow, rows in runs.items()}
         print_table(f"{data}: mean (spread) over seeds {SEEDS}", table, COLUMNS, width=18)
