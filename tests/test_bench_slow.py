@@ -75,11 +75,15 @@ def test_latent_generation_benchmark_quick_run_fills_every_row():
     script = ROOT / "scripts" / "bench_latents.py"
     subprocess.run([sys.executable, str(script), "--quick", "--only", "digits"], check=True, cwd=ROOT)
     runs = json.loads((ROOT / "runs" / "bench_latents_quick.json").read_text())["digits"]
-    assert list(runs) == ["pixel", "fsq", "vq"] and all(len(rows) == 2 for rows in runs.values())
+    assert list(runs) == ["pixel", "fsq", "vq", "fsq snap", "vq snap"] and all(len(rows) == 2 for rows in runs.values())
     for flow, rows in runs.items():
         for row in rows:
             assert {"gFD nfe4", "gFD nfe8", "gFD ref", "agreement ref", "flow s"} <= row.keys(), (flow, row)
             assert ({"rFD", "usage", "tokenizer s"} <= row.keys()) == (flow != "pixel"), (flow, row)
+    # A snapped row scores the same flow: the same training seconds, other samples.
+    for tokenizer in ("fsq", "vq"):
+        for row, snapped in zip(runs[tokenizer], runs[f"{tokenizer} snap"], strict=True):
+            assert row["flow s"] == snapped["flow s"] and row["gFD ref"] != snapped["gFD ref"]
 
 
 @pytest.mark.slow
