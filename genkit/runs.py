@@ -90,7 +90,7 @@ class Run:
         return self.unet.is_dir() and not self.config_file.is_file()
 
     def resolved(self) -> dict:
-        """The resolved config this run was trained with, as nested dicts (what `finished_with` compares)."""
+        """The resolved config this run was trained with, as nested dicts, as written in its config.yaml."""
         if not self.config_file.is_file():
             raise GenkitError(f"{self.folder} is not a run folder (no {CONFIG_FILE}); train it first or fix the path")
         return yaml.safe_load(self.config_file.read_text())
@@ -118,9 +118,16 @@ class Run:
         """Whether the run holds its trained model (written last)."""
         return self.model.is_dir()
 
+    def trained_with(self, config: dict) -> bool:
+        """Whether this run's config.yaml, read by this genkit, equals the resolved `config`: a setting added since the
+        run was trained counts at its default, so a newer genkit still reuses the run (a raw comparison refused it)."""
+        from genkit.config import config_dict  # imported here: genkit.config's tasks import this module
+
+        return self.config_file.is_file() and config_dict(self.config.resolved()) == config
+
     def finished_with(self, config: dict) -> bool:
         """Whether the run holds a model trained with exactly this resolved config (reused, not retrained)."""
-        return self.finished and self.config_file.is_file() and self.resolved() == config
+        return self.finished and self.trained_with(config)
 
     @property
     def stages(self) -> list["Run"]:

@@ -150,6 +150,13 @@ def test_tokenizer_and_gan_runs_are_trained_then_compared_on_the_same_inputs(tmp
     before = weights.stat().st_mtime_ns
     assert compare(tmp_path, config, "tracker=none").returncode == 0
     assert weights.stat().st_mtime_ns == before
+    # A run written before a setting existed (here grad_accum_steps, at its default) is still reused.
+    recorded = tmp_path / "runs" / "fsq" / "config.yaml"
+    older = yaml.safe_load(recorded.read_text())
+    assert older["train"].pop("grad_accum_steps") == 1
+    recorded.write_text(yaml.safe_dump(older))
+    assert compare(tmp_path, config, "tracker=none").returncode == 0
+    assert weights.stat().st_mtime_ns == before
     # A run folder trained with other settings is never overwritten.
     other = {**config, "tokenizers": {"train": [{"config": tokenizer, "overrides": ["name=fsq", "train.steps=3"]}]}}
     refused = compare(tmp_path, other, "tracker=none")

@@ -33,7 +33,7 @@ def train_or_reuse(spec: RunSpec, extra: list[str] = ()) -> Run:
         return run
     wanted = config_dict(config)
     if not run.finished_with(wanted):
-        if run.finished or (run.config_file.is_file() and run.resolved() != wanted):
+        if run.finished or (run.config_file.is_file() and not run.trained_with(wanted)):
             raise GenkitError(
                 f"{run.folder} holds a run trained with other settings than {spec.config} {' '.join(spec.overrides)}; "
                 "delete that folder to retrain it, or give this run another name=..."
