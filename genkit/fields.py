@@ -319,7 +319,7 @@ def load_flow_run(
     # The state at sigma_min is x~ = x_t / t with t = 1 / (1 + sigma_min): data is x~ / (1 + sigma_min).
     edm = EDMPath(data_scale=1 / (1 + EDMPath().sigma_min))
     forms = lambda velocity: [(velocity, RectifiedPath()), (RectifiedAsEDM(velocity), edm)]  # noqa: E731
-    field_id, shape, decode = flow_run_id(run.folder), data_shape(run.data), None
+    field_id, shape, state_dtype, decode = flow_run_id(run.folder), data_shape(run.data), dtype or torch.float32, None
     if run.latents.is_file():
         codec, shape = LatentCodec.recorded(run.latents)
         frozen(codec.tokenizer, device, dtype)
@@ -330,7 +330,7 @@ def load_flow_run(
         )
     classes = getattr(model, "num_classes", 0)
     if not classes:
-        return Field(field_id, shape, dtype or torch.float32, forms(model), decode=decode)
+        return Field(field_id, shape, state_dtype, forms(model), decode=decode)
     frequencies = torch.full((classes,), 1 / classes, dtype=torch.float64)
     if run.classes.is_file():
         frequencies = torch.tensor(json.loads(run.classes.read_text())["frequencies"], dtype=torch.float64)
@@ -341,7 +341,7 @@ def load_flow_run(
         sigma=lambda t: (1 - t) / t,  # t = 1 / (1 + sigma) (RectifiedAsEDM)
         frequencies=frequencies,
     )
-    return Field(field_id, shape, dtype or torch.float32, [], conditioning, decode=decode)
+    return Field(field_id, shape, state_dtype, [], conditioning, decode=decode)
 
 
 def flow_run_id(run: Path) -> str:

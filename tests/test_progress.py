@@ -32,7 +32,7 @@ def test_a_disabled_bar_writes_nothing():
     assert stream.getvalue() == ""
 
 
-def test_nested_bars_leave_no_cursor_moves_in_a_log(monkeypatch):
+def test_nested_bars_leave_no_cursor_moves_in_a_log():
     stream = io.StringIO()
     with contextlib.redirect_stderr(stream), progress(range(2), desc="outer") as outer:
         for _ in outer:
