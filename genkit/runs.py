@@ -119,11 +119,14 @@ class Run:
         return self.model.is_dir()
 
     def trained_with(self, config: dict) -> bool:
-        """Whether this run's config.yaml, read by this genkit, equals the resolved `config`: a setting added since the
-        run was trained counts at its default, so a newer genkit still reuses the run (a raw comparison refused it)."""
+        """Whether this run's config.yaml, read by this genkit, equals the resolved `config` in what was trained: a
+        setting added since the run was trained counts at its default, so a newer genkit still reuses the run (a raw
+        comparison refused it), and `train.resume` (how it was started) does not count."""
         from genkit.config import config_dict  # imported here: genkit.config's tasks import this module
 
-        return self.config_file.is_file() and config_dict(self.config.resolved()) == config
+        return self.config_file.is_file() and trained_settings(config_dict(self.config.resolved())) == trained_settings(
+            config
+        )
 
     def finished_with(self, config: dict) -> bool:
         """Whether the run holds a model trained with exactly this resolved config (reused, not retrained)."""
@@ -152,3 +155,9 @@ class Run:
         if not written:
             raise GenkitError(f"{self.folder} is not finished (no {MODEL}/{CONFIG_NAME})")
         return max(written) - self.config_file.stat().st_mtime
+
+
+def trained_settings(config: dict) -> dict:
+    """A resolved config without `train.resume`, which says how a run was started, not what it trained."""
+    train = {key: value for key, value in config.get("train", {}).items() if key != "resume"}
+    return config | ({"train": train} if "train" in config else {})
