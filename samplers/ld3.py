@@ -13,14 +13,18 @@ with Adam on a cosine-decayed step size from logits that reproduce the initial s
 
 Every baseline solver of samplers/solvers.py is differentiable in its timesteps (they stay tensors throughout);
 AMED's analytical first step reads t_0 as a Python float, which is harmless here since t_0 is fixed.
+
+`learn_solver` fits the correction table of a learned solver (samplers.corrections) with the times, through the same
+solve and loss (docs/samplers.md §8.5).
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
+from samplers.corrections import Corrections
 from samplers.velocity import Velocity
 
 Solver = Callable[..., Tensor]
@@ -49,7 +53,25 @@ def initial_logits(timesteps: Tensor, log_time: bool) -> Tensor:
     return (steps / steps.sum()).log()
 
 
-def learn_timesteps(
+def correction_table(fitted: list[Tensor], timesteps: Tensor, log_time: bool) -> Corrections:
+    """The correction table (samplers.corrections) of the two fitted tables at these timesteps.
+
+    In rectified time the states and velocities are of order one and the fitted tables are the table. In sigma time
+    the state x_j is of size about sigma_j (80 at the start) and h_i d_j = (h_i / sigma_j)(x_j - D_j) nearly repeats
+    it, so a velocity and a state coefficient trade off along a valley Adam crosses slowly. There the fitted tables
+    are the coefficients of the denoised state D_j = x_j - sigma_j d_j (order one) and of x_j in units of
+    s_j = sqrt(1 + sigma_j^2): u D_j + w x_j = velocity[i, j] h_i d_j + state[i, j] x_j with
+    velocity[i, j] = -u sigma_j / h_i and state[i, j] = u + w / s_j.
+    """
+    first, second = fitted
+    if not log_time:
+        return Corrections(first, second)
+    sigma = timesteps[:-1].to(first)
+    velocity = -first * sigma[None, :] / timesteps.diff().to(first)[:, None]
+    return Corrections(velocity, first + second / (1 + sigma[None, :] ** 2).sqrt())
+
+
+def learn_solver(
     solver: Solver,
     field: Velocity,
     x: Tensor,
@@ -61,32 +83,62 @@ def learn_timesteps(
     batch_size: int | None = None,
     solver_opts: dict | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, list[float]]:
-    """The timesteps (float64, same ends and length as `timesteps`) minimising mean ||solver(x) - target||^2.
+    corrections: bool = False,
+    correction_lr: float = 0.01,
+    shard: tuple[int, int, int] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    progress: Callable[[range], Iterable[int]] = iter,
+) -> tuple[Tensor, Corrections | None, list[float]]:
+    """The timesteps (float64, same ends and length as `timesteps`) minimising mean ||solver(x) - target||^2, and
+    with `corrections` a correction table (samplers.corrections) fitted jointly from zero.
 
-    `x` [M, ...] are the solver's start states, `target` the teacher's terminal states from them; each Adam
-    iteration solves a random `batch_size` of them (all by default) and backpropagates through the whole trajectory.
-    Returns the iterate with the least loss seen (the loss before each update) and the loss history.
+    `x` are the solver's start states, `target` the teacher's terminal states from them; each Adam iteration solves a
+    random `batch_size` of them (all by default) and backpropagates through the whole trajectory. The times move at
+    step size `lr`, the corrections at `correction_lr` (in correction_table's coordinates). Returns the iterate with
+    the least loss seen (the loss before each update), its table, and the loss history.
+
+    Several processes fit as one: `shard` = (rank, processes, total draws) says that x and target are the draws
+    rank, rank + processes, ... of the whole set, and `reduce` sums a tensor over the processes; every process draws
+    the same batch indices, solves its own of them, and all take the same step on the summed gradient.
     """
     solver_opts = solver_opts or {}
+    rank, processes, total = shard or (0, 1, len(x))
     t_start, t_end = timesteps[0].item(), timesteps[-1].item()
+    steps = len(timesteps) - 1
     logits = initial_logits(timesteps, log_time).to(x.device).requires_grad_(True)
-    optimizer = torch.optim.Adam([logits], lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / iterations)))
-    best, best_loss, history = logits.detach().clone(), math.inf, []
-    for _ in range(iterations):
-        if batch_size is None or batch_size >= len(x):
-            x_batch, target_batch = x, target
+    groups = [{"params": [logits], "lr": lr}]
+    # The tables start at zero (the base solver) in correction_table's coordinates; their upper triangles are unused.
+    tables = [torch.zeros(steps, steps, dtype=torch.float64, device=x.device, requires_grad=True) for _ in range(2)]
+    if corrections:
+        groups.append({"params": tables, "lr": correction_lr})
+    optimizer = torch.optim.Adam(groups)
+    decay = lambda k: 0.5 * (1 + math.cos(math.pi * k / iterations))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    best = [p.detach().clone() for p in (logits, *tables)]
+    best_loss, history = math.inf, []
+    size = x[0].numel()
+    for _ in progress(range(iterations)):
+        if batch_size is None or batch_size >= total:
+            x_batch, target_batch, count = x, target, total
         else:
-            chosen = torch.randperm(len(x), generator=generator)[:batch_size].to(x.device)
-            x_batch, target_batch = x[chosen], target[chosen]
+            chosen = torch.randperm(total, generator=generator)[:batch_size]
+            mine = chosen[chosen % processes == rank] // processes
+            x_batch, target_batch, count = x[mine.to(x.device)], target[mine.to(x.device)], batch_size
         times = monotone_timesteps(logits, t_start, t_end, log_time)
-        loss = (solver(field, x_batch, times, **solver_opts) - target_batch).double().pow(2).mean()
+        options = solver_opts | ({"corrections": correction_table(tables, times, log_time)} if corrections else {})
+        error = (solver(field, x_batch, times, **options) - target_batch).double().pow(2).sum() / (count * size)
         optimizer.zero_grad()
-        loss.backward()
+        error.backward()
+        loss = error.detach()
+        if reduce is not None:
+            loss = reduce(loss)
+            for parameter in (p for group in groups for p in group["params"]):
+                parameter.grad = reduce(parameter.grad)
         history.append(loss.item())
         if history[-1] < best_loss:
-            best, best_loss = logits.detach().clone(), history[-1]
+            best, best_loss = [p.detach().clone() for p in (logits, *tables)], history[-1]
         optimizer.step()
         schedule.step()
-    return monotone_timesteps(best, t_start, t_end, log_time).detach().double().cpu(), history
+    times = monotone_timesteps(best[0], t_start, t_end, log_time).detach().double().cpu()
+    fitted = correction_table([table.cpu() for table in best[1:]], times, log_time) if corrections else None
+    return times, fitted, history

@@ -57,6 +57,8 @@ SOLVERS = {
 }
 # The solvers that need nothing but a field.
 BASELINES = tuple(name for name, spec in SOLVERS.items() if not spec.predictor)
+# The bases of a learned solver: the single-evaluation ones, which take a correction table (samplers.corrections).
+CORRECTED = ("euler", "ipndm", "dpmpp_2m")
 
 
 def solver_spec(name: str) -> SolverSpec:

@@ -60,4 +60,25 @@ def uniform(n: int, t0: float = 0.0, t1: float = 1.0) -> Tensor:
     return torch.linspace(t0, t1, n, dtype=torch.float64)
 
 
-SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform, "uniform": uniform}
+# DS-Solver's fitted respacing of rectified time (t = 0 noise): t' = -1.96 t^4 + 3.51 t^3 - 0.97 t^2 + 0.43 t.
+DS_RESPACING = (0.0, 0.43, -0.97, 3.51, -1.96)
+
+
+def ds_respaced(n: int, t0: float = 0.0, t1: float = 1.0) -> Tensor:
+    """DS-Solver's rectified-flow respacing of `n` equal steps: p(u) = -1.96 u^4 + 3.51 u^3 - 0.97 u^2 + 0.43 u,
+    divided by p(1) = 1.01 so that it ends exactly at t1 (p is increasing on [0, 1]: steps short near the noise, then
+    long, then short again near the data)."""
+    _check_count(n)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    fraction = sum(c * ramp**k for k, c in enumerate(DS_RESPACING)) / sum(DS_RESPACING)
+    fraction[-1] = 1.0  # exact end despite round-off
+    return t0 + (t1 - t0) * fraction
+
+
+SCHEDULES = {
+    "karras": karras,
+    "logsnr": logsnr,
+    "time_uniform": time_uniform,
+    "uniform": uniform,
+    "ds_respaced": ds_respaced,
+}

@@ -18,7 +18,7 @@ from genkit.schedules.file import load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.schedules.ld3 import learn_schedule
 from samplers import AMEDPredictor, amed_plugin, euler, karras
-from samplers.ld3 import initial_logits, learn_timesteps, monotone_timesteps
+from samplers.ld3 import initial_logits, learn_solver, monotone_timesteps
 
 S, SIGMA_MAX, SIGMA_MIN = 0.5, 80.0, 0.002
 RATIO = math.sqrt(S**2 + SIGMA_MIN**2) / math.sqrt(S**2 + SIGMA_MAX**2)  # x(sigma_min) / x(sigma_max)
@@ -47,7 +47,7 @@ def noise():
 
 
 def learned_loss(x, target, steps):
-    timesteps, _ = learn_timesteps(euler, gaussian_velocity, x, target, karras(steps + 1), log_time=True)
+    timesteps, _, _ = learn_solver(euler, gaussian_velocity, x, target, karras(steps + 1), log_time=True)
     loss = (euler(gaussian_velocity, x, timesteps) - target).pow(2).mean().item()
     return timesteps, loss
 
@@ -149,6 +149,6 @@ def test_amed_plugin_timesteps_learn_through_a_fixed_predictor(noise):
     options = {"predictor": predictor, "base": "euler"}
     start = (amed_plugin(gaussian_velocity, x, karras(3), **options) - target).pow(2).mean().item()
     solver_opts = {"iterations": 30, "solver_opts": options}
-    timesteps, history = learn_timesteps(amed_plugin, gaussian_velocity, x, target, karras(3), True, **solver_opts)
+    timesteps, _, history = learn_solver(amed_plugin, gaussian_velocity, x, target, karras(3), True, **solver_opts)
     assert history[0] == pytest.approx(start) and min(history) < start / 2
     assert timesteps[0] == SIGMA_MAX and timesteps[-1] == pytest.approx(SIGMA_MIN) and (timesteps.diff() < 0).all()
