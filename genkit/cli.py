@@ -175,6 +175,7 @@ def schedule_learn(args: argparse.Namespace) -> None:
     initial = load_schedule(Path(args.init), field) if args.init else None
     options = {"iterations": args.steps, "num_samples": args.samples, "teacher_steps": args.teacher_steps}
     options |= {"batch_size": args.batch_size, "seed": args.seed, "device": state.device}
+    options |= {"corrections": args.corrections}
     learned = learn_schedule(field, args.solver, args.nfe, args.schedule, initial, **options)
     out = Path(args.out) if args.out else Run(args.run_dir).last_stage.schedules / f"{learned.name}.json"
     learned.name = out.stem
@@ -287,9 +288,16 @@ def learn_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--teacher-steps", type=positive, default=64, help="steps of the Heun teacher (default 64)")
     command.add_argument("--seed", type=count, default=0, help="seed of the noise")
     command.add_argument(
+        "--corrections",
+        action="store_true",
+        help="a learned solver: fit a correction table on the history of states and velocities with the times "
+        "(solvers euler, ipndm, dpmpp_2m)",
+    )
+    command.add_argument(
         "--out",
         default=None,
-        help="the JSON file to write (default: <model run>/schedules/ld3_<solver>_nfe<N>_<init>.json)",
+        help="the JSON file to write (default: <model run>/schedules/ld3_<solver>_nfe<N>_<init>.json, or "
+        "learned_... with --corrections)",
     )
 
 
@@ -395,7 +403,8 @@ SCHEDULE_ACTIONS = {
         search_arguments,
     ),
     "learn": (
-        "LD3: a solver's timesteps at an exact NFE fitted to a teacher: genkit schedule learn RUN --nfe 5",
+        "LD3: a solver's timesteps at an exact NFE fitted to a teacher (--corrections: a learned solver): "
+        "genkit schedule learn RUN --nfe 5",
         schedule_learn,
         learn_arguments,
     ),

@@ -83,6 +83,7 @@ class Field:
     guidance: Guidance | None = None
     conditions: str = ""
     decode: Callable[[Tensor], Tensor] | None = None
+    guided: Guided | None = None  # a bound field's guided velocity, which counts its network evaluations
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -118,7 +119,7 @@ class Field:
         guided = Guided(conditioning.model, condition, conditioning.null, guidance, conditioning.sigma)
         field_id = f"{self.field_id} {guidance.label}"
         forms = conditioning.forms(guided)
-        return Field(field_id, self.shape, self.dtype, forms, None, guidance, conditions, self.decode)
+        return Field(field_id, self.shape, self.dtype, forms, None, guidance, conditions, self.decode, guided)
 
     def for_draws(self, count: int, seed: int, guidance: Guidance | None = None) -> "Field":
         """The field a batch of draws 0..count-1 is solved on: a conditional one bound to their classes (drawn as in
@@ -202,10 +203,18 @@ class Field:
         """Data samples from noise z: `solver` at exactly `nfe` evaluations, mapped to data.
 
         `schedule` is a schedule's name, or a saved schedule whose timesteps the solver runs on exactly (then `nfe`,
-        when given, must be what it spends on them).
+        when given, must be what it spends on them); a learned solver's (a saved schedule with corrections) runs its
+        own base solver with its correction table.
         """
         velocity, path = self.form(schedule, solver)
         times = schedule.timesteps if isinstance(schedule, SavedSchedule) else schedule
+        if isinstance(schedule, SavedSchedule) and schedule.corrections is not None:
+            if solver != schedule.solver:
+                raise GenkitError(
+                    f"{schedule.name} is a learned solver for {schedule.solver}: solve it with {schedule.solver}, "
+                    f"not {solver}"
+                )
+            solver_opts = (solver_opts or {}) | {"corrections": schedule.corrections}
         x = path.start(z.to(self.dtype))
         x = samplers.solve(velocity, x, solver, nfe, times, path.schedule_options(), solver_opts, callback)
         return self.decoded(path.to_data(x))

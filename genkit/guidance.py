@@ -70,6 +70,7 @@ class Guided:
         sigma: Callable[[Tensor], Tensor],
     ):
         self.model, self.condition, self.null, self.guidance, self.sigma = model, condition, null, guidance, sigma
+        self.evaluations = 0  # network evaluations a sample so far: one a call, two where both branches run
 
     def _weights(self, t: Tensor) -> Tensor:
         """w for each sample: the guidance weight inside the interval, 1 outside it."""
@@ -91,9 +92,12 @@ class Guided:
         null = self.null.to(x.device, condition.dtype).expand_as(condition)
         weights = self._weights(t)
         if bool((weights == 1).all()):
+            self.evaluations += 1
             return run(x, t, condition), None
         if bool((weights == 0).all()):
+            self.evaluations += 1
             return run(x, t, null), None
+        self.evaluations += 2
         both = run(torch.cat([x, x]), torch.cat([t, t]), torch.cat([condition, null]))
         return both, weights
 

@@ -23,7 +23,7 @@ def broadcast_time(t: Tensor, x: Tensor) -> Tensor:
 class RectifiedPath:
     """x_t = t x1 + (1 - t) x0: noise x0 ~ N(0, I) at t = 0, data x1 at t = 1, target velocity x1 - x0."""
 
-    schedules: ClassVar[tuple[str, ...]] = ("uniform",)
+    schedules: ClassVar[tuple[str, ...]] = ("uniform", "ds_respaced")
     t_start: ClassVar[float] = 0.0
     t_end: ClassVar[float] = 1.0
 
@@ -40,11 +40,11 @@ class RectifiedPath:
         return z
 
     def schedule_options(self) -> dict:
-        """What a schedule function needs to span this time: nothing, uniform runs from 0 to 1."""
+        """What a schedule function needs to span this time: nothing, its schedules run from 0 to 1."""
         return {}
 
     def timesteps(self, schedule: str, n: int) -> Tensor:
-        """`n` times of the `uniform` schedule from 0 to 1."""
+        """`n` times of a rectified schedule (uniform, ds_respaced) from 0 to 1."""
         return SCHEDULES[schedule](n)
 
     def to_data(self, x: Tensor) -> Tensor:

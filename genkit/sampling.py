@@ -77,7 +77,7 @@ def flow_sampler(
     run: Run,
     device: torch.device,
     seed: int,
-    solver: str,
+    solver: str | None,
     nfe: int | None,
     schedule: str | None,
     predictor,
@@ -88,7 +88,8 @@ def flow_sampler(
     """(indices -> samples of the run's velocity model with `solver`, the name of the setting).
 
     `schedule` is a schedule's name or the path of a schedule saved for this run's field (genkit.schedules.file),
-    whose timesteps fix the NFE; a predictor brings its own schedule (genkit.predictors.load_distilled). A
+    whose timesteps fix the NFE (a learned solver's also the solver, by default); a predictor brings its own
+    schedule (genkit.predictors.load_distilled). A
     class-conditional model solves sample i at its class (`conditions`) with `guidance` (default w = 1). A latent
     flow's samples are decoded images (`snap`: its latents snapped to the nearest code first).
     """
@@ -101,9 +102,12 @@ def flow_sampler(
         bind = conditions(model, classes, seed)
         # Checked on sample 0's class, so a class out of range fails before any sampling.
         field = model.bind(bind([0]), guidance)
-    spec, solver_opts = samplers.solver_spec(solver), None
     if schedule is not None and schedule not in samplers.SCHEDULES:
         schedule = load_schedule(Path(schedule), field)
+    # A learned solver runs its own base solver (Field.solve refuses another).
+    learned = isinstance(schedule, SavedSchedule) and schedule.corrections is not None
+    solver = solver or (schedule.solver if learned else DEFAULT_SOLVER)
+    spec, solver_opts = samplers.solver_spec(solver), None
     if not spec.predictor:
         if predictor is not None:
             raise GenkitError(f"--predictor is for the AMED solvers (amed, amed_plugin), not {solver}")
@@ -285,7 +289,6 @@ def draw_samples(
         if guidance is not None or guidance_interval is not None:
             interval = None if guidance_interval is None else tuple(guidance_interval)
             guided = Guidance(1.0 if guidance is None else guidance, interval)
-        solver = solver or DEFAULT_SOLVER
         draw, name = flow_sampler(run, state.device, seed, solver, nfe, schedule, predictor, classes, guided, snap)
         name += "_snap" if snap else ""
     stem = run.samples / f"{name}_seed{seed}"

@@ -234,6 +234,7 @@ def test_compare_runs_each_guidance_weight_at_the_same_evaluations(tmp_path):
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
     assert [row["field"] for row in rows] == ["w=0", "w=1", "w=3"]
     assert all(row["nfe_counted"] == 4 for row in rows) and "twice the batch" in rows[0]["nfe_counts"]
+    assert [row["evaluations"] for row in rows] == [4, 4, 8]  # w = 3 runs both branches at each of the 4 calls
     model = FieldConfig(**MIXTURE).load()
     labels = model.draw_conditions(list(range(24)), 2)
     z = initial_noise(list(range(24)), (8,), 2).double()

@@ -3,14 +3,16 @@
 Every cell solves through the field (genkit.fields), so each starts from the same standard normal noise (sample i
 from generator seed (seed, i), as `genkit sample`) and ends in data space. Metrics: `rmse`, the terminal RMSE
 against scipy's accurate solve from the same noise in the same time convention; distances of the samples to the
-val data (`fd` for images, `sw`, `ed`, `modes`, `near` for points: genkit.compare.scoring); the NFE (counted) and
-the median wall time always. A schedule entry is a schedule's name, `default` (each solver's usual one), or the
-path of a saved schedule (genkit.schedules.file, made for this field): the file defines its cells, one for the
-solver it was made for (each listed solver when it names none) at the NFE its timesteps give, whatever `nfe`
-lists; its name fills the schedule column. Predictors are given (`predictors`, distilled for this field) or
-distilled here (`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve itself as a
-row (with the evaluations it spent and, for a flow, the field's straightness), `floor` a row of train data against
-the val data.
+val data (`fd` for images, `sw`, `ed`, `modes`, `near` for points: genkit.compare.scoring); the NFE (the sequential
+model calls, counted), the network evaluations a sample (two for a guided call), the median wall time and the fitting
+time of a fitted schedule or distilled predictor always. A solver entry is a baseline's name and any options
+(`dpmpp_2m lower_order_final=true`). A schedule entry is a schedule's name, `default` (each solver's usual one), or
+the path of a saved schedule (genkit.schedules.file, made for this field; a learned solver is one): the file defines
+its cells, one for the solver it was made for (each listed solver when it names none) at the NFE its timesteps give,
+whatever `nfe` lists; its name fills the schedule column. Predictors are given (`predictors`, distilled for this
+field) or distilled here (`distill`: one per NFE, reused once finished). `reference_row` adds the accurate solve
+itself as a row (with the evaluations it spent and, for a flow, the field's straightness), `floor` a row of train
+data against the val data.
 A ReFlow run is compared stage by stage (`stages`). Under `accelerate launch` the samples are split over processes;
 squared errors and feature statistics are summed exactly across them.
 
@@ -21,6 +23,7 @@ samples the digit classifier gives their requested class. NFE counts model calls
 """
 
 import dataclasses
+import inspect
 import json
 import statistics
 import time
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import reduce
 from torch import Tensor
@@ -64,8 +68,9 @@ REFERENCE_BAR_DELAY = 2.0  # seconds: only a long reference solve shows its bar
 @dataclass
 class FitGrid:
     """Schedules fitted for the compared field (genkit.schedules.grid), one cell each: GITS (`gits`, genkit schedule
-    search) or LD3 (`ld3`, genkit schedule learn) with `options`, for each solver at each NFE; saved with the model's
-    schedules (a flow run's schedules/ folder, else the comparison's) and reused once there."""
+    search), LD3 (`ld3`, genkit schedule learn) or a learned solver (`learned`, genkit schedule learn --corrections)
+    with `options`, for each solver at each NFE; saved with the model's schedules (a flow run's schedules/ folder,
+    else the comparison's) and reused once there."""
 
     method: str = "gits"
     solvers: list[str] = dataclasses.field(default_factory=lambda: ["euler"])
@@ -130,8 +135,8 @@ class SamplerGrid:
     guidance: list[float] = ranged(list, minimum=0)  # conditional fields: the weights compared (default field.guidance)
 
     def __post_init__(self):
-        for solver in self.solvers:
-            check_choice("samplers.solvers", solver, samplers.BASELINES)
+        for entry in self.solvers:
+            solver_entry(entry)
         names = (DEFAULT_SCHEDULE, *samplers.SCHEDULES)
         for schedule in self.schedules:
             if schedule not in names and not Path(schedule).is_file():
@@ -152,6 +157,22 @@ class SamplerGrid:
     def schedule_files(self) -> list[str]:
         """The schedule entries that are saved schedule files."""
         return [schedule for schedule in self.schedules if schedule not in (DEFAULT_SCHEDULE, *samplers.SCHEDULES)]
+
+
+def solver_entry(entry: str) -> tuple[str, dict]:
+    """A samplers.solvers entry: a baseline's name, then any options as key=value (YAML values), e.g.
+    `dpmpp_2m lower_order_final=true`; (name, options), or one error naming the entry."""
+    name, *settings = entry.split()
+    check_choice("samplers.solvers", name, samplers.BASELINES)
+    pairs = [setting.partition("=") for setting in settings]
+    if any(not key or not equals for key, equals, _ in pairs):
+        raise GenkitError(f"config key samplers.solvers entry {entry!r}: write options as key=value after the name")
+    options = {key: yaml.safe_load(value) for key, _, value in pairs}
+    try:
+        inspect.signature(samplers.solver_spec(name).function).bind(None, None, None, **options)
+    except TypeError as error:
+        raise GenkitError(f"config key samplers.solvers entry {entry!r}: {error}") from None
+    return name, options
 
 
 def predictor_field(predictor: Path) -> str:
@@ -247,7 +268,7 @@ class SamplerComparison:
             column for metric in grid.metrics for column in ([metric, "excess_fd"] if metric == "fd" else [metric])
         ]
         self.columns = ["field", "method", "solver", "schedule", "nfe", *metrics, *straight]
-        self.columns += ["nfe_counted", "seconds", "fit_seconds"]
+        self.columns += ["nfe_counted", "evaluations", "seconds", "fit_seconds"]
         self.shown = [column for column in self.columns if column != "solver"]
 
     def run_data(self) -> DataConfig:
@@ -283,16 +304,17 @@ class SamplerComparison:
             for fit in grid.fit
             for path in fitted_grid(field, folder, {fit.method: fit.options}, fit.solvers, fit.nfe)
         ]
-        for solver in grid.solvers:
+        for entry in grid.solvers:
+            solver, options = solver_entry(entry)
             named = [schedule for schedule in grid.schedules if schedule not in grid.schedule_files]
             resolved = [field.default_schedule(solver) if name == DEFAULT_SCHEDULE else name for name in named]
             # `default` may name a schedule also listed: one cell each.
             cells += [
-                Cell(solver, solver, nfe, schedule, {}) for schedule in dict.fromkeys(resolved) for nfe in grid.nfe
+                Cell(entry, solver, nfe, schedule, options) for schedule in dict.fromkeys(resolved) for nfe in grid.nfe
             ]
         for schedule in [*grid.schedule_files, *fitted]:
             saved = load_schedule(Path(schedule), field)
-            for solver in [saved.solver] if saved.solver else grid.solvers:
+            for solver in [saved.solver] if saved.solver else [solver_entry(entry)[0] for entry in grid.solvers]:
                 cells.append(Cell(solver, solver, saved.nfe(solver), saved, {}, None, saved.settings.get("seconds")))
         paths = [Path(path) for path in grid.predictors]
         for distill in grid.distill:
@@ -311,18 +333,21 @@ class SamplerComparison:
             cells.append(dataclasses.replace(cell, field=made_for.field_id, fit_seconds=distilled_seconds(path)))
         return cells
 
-    def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float]:
-        """(data samples, or None when the solver cannot spend exactly cell.nfe; median seconds of the solves)."""
+    def solve(self, field: Field, z: Tensor, cell: Cell) -> tuple[Tensor | None, float, int]:
+        """(data samples, or None when the solver cannot spend exactly cell.nfe; median seconds of the solves;
+        network evaluations a sample, both branches of a guided call counted)."""
         seconds, out = [], None
+        counted = field.guided.evaluations if field.guided else 0
         for _ in range(self.grid.repeats):
             start = time.perf_counter()
             try:
                 with torch.no_grad():
                     out = field.solve(z, cell.solver, cell.nfe, cell.schedule, cell.options)
             except samplers.SamplerError:
-                return None, 0.0
+                return None, 0.0, 0
             seconds.append(time.perf_counter() - start)
-        return out, statistics.median(seconds)
+        evaluations = (field.guided.evaluations - counted) // self.grid.repeats if field.guided else cell.nfe
+        return out, statistics.median(seconds), evaluations
 
     def reference_solve(self, field: Field, z: Tensor, schedule: str) -> tuple[Tensor, int]:
         """field.reference at the grid's method and tolerance, its evaluations counted on a bar (main process)."""
@@ -370,13 +395,14 @@ class SamplerComparison:
             return fd - reference_fd[path]
 
         for cell in self.field_cells(name):
-            out, seconds = self.solve(field, z, cell) if len(z) else (z, 0.0)
+            out, seconds, evaluations = self.solve(field, z, cell) if len(z) else (z, 0.0, 0)
             reachable = bool(self.accelerator.gather(torch.tensor([out is not None], device=z.device)).all())
             row = {"field": name, "method": cell.method, "solver": cell.solver}
             row["schedule"] = schedule_name(cell.schedule)
             row |= {"nfe": cell.nfe, "nfe_counted": 0, "seconds": seconds, "fit_seconds": cell.fit_seconds}
             if reachable:
                 row["nfe_counted"] = cell.nfe  # samplers.solve verifies the count it spends
+                row["evaluations"] = int(self.accelerator.gather(torch.tensor([evaluations], device=z.device)).max())
                 if "rmse" in grid.metrics:
                     row["rmse"] = self.rmse(out, reference(field.form(cell.schedule, cell.solver)[1].schedules[0])[0])
                 row |= self.scorer.score(out) if self.scorer is not None else {}
@@ -416,7 +442,10 @@ class SamplerComparison:
             z = initial_noise(indices, first.shape, shared.seed).to(accelerator.device, first.dtype)
         if any(guidance is not None for _, guidance in self.guided.values()):
             protocol["conditions"] = "classes drawn as in the training data: sample i's from generator (seed, i, 1)"
-            protocol["nfe_counts"] = "model calls; a guided call (w not 0 or 1) runs both branches on twice the batch"
+            protocol["nfe_counts"] = (
+                "nfe_counted: sequential model calls; evaluations: network evaluations a sample, two for a guided call "
+                "(w not 0 or 1), which runs both branches on twice the batch"
+            )
         rows = []
         if grid.floor and self.scorer is not None:
             rows.append({"field": "", "method": "floor (train vs val)"} | self.scorer.floor(shared.num_samples))

@@ -7,11 +7,17 @@ the settings it was made with. `load_schedule` refuses it for another field, as 
 predictor. `genkit schedule search` writes one, a `genkit compare` schedule entry and AMED's `amed.schedule_file`
 read one (docs/samplers.md §8).
 
+A learned solver (`genkit schedule learn --corrections`, docs/samplers.md §8.5) is a saved schedule with a correction
+table (samplers.corrections) for its base solver: the field, NFE, solver, guidance and timesteps are recorded as for
+any schedule, and a solve on it runs that solver with the table (only that solver; Field.solve checks).
+
 The file is one JSON document (Python writes each float64 as its shortest round-trip repr, so timesteps come back
 bit-equal), written atomically:
 
     {"format": "genkit-schedule", "version": 1, "field_id": "...", "time": "sigma", "solver": "euler",
      "name": "gits_euler_nfe5_karras", "timesteps": [80.0, ..., 0.002], "settings": {"method": "gits", ...}}
+
+and a learned solver's (version 2) adds "corrections": {"velocity": [[...], ...], "state": [[...], ...]}.
 """
 
 import dataclasses
@@ -28,17 +34,19 @@ from genkit.errors import GenkitError
 from genkit.files import write_json
 from genkit.guidance import guidance_mismatch
 from genkit.paths import EDMPath, ProbabilityPath, RectifiedPath
+from samplers.corrections import Corrections
 
 if TYPE_CHECKING:  # genkit.fields solves on a SavedSchedule, so it imports this module
     from genkit.fields import Field
 
-FORMAT, VERSION = "genkit-schedule", 1
+FORMAT, VERSIONS = "genkit-schedule", (1, 2)  # 2: with a correction table
 TIMES = {"sigma": EDMPath, "rectified": RectifiedPath}
 
 
 @dataclass
 class SavedSchedule:
-    """Timesteps in a field's `time` (sigma or rectified), the solver they were made for (None: any), the field's id."""
+    """Timesteps in a field's `time` (sigma or rectified), the solver they were made for (None: any), the field's id;
+    a learned solver's `corrections` for that solver."""
 
     field_id: str
     time: str
@@ -46,6 +54,7 @@ class SavedSchedule:
     solver: str | None = None
     name: str = "schedule"
     settings: dict = dataclasses.field(default_factory=dict)
+    corrections: Corrections | None = None
 
     def nfe(self, solver: str | None = None, **options) -> int:
         """Field evaluations of `solver` (default: the one it was made for) on these timesteps."""
@@ -59,8 +68,10 @@ def schedule_name(schedule: "str | SavedSchedule | None") -> str | None:
 
 def save_schedule(schedule: SavedSchedule, path: Path) -> None:
     """Write `schedule` to `path` as JSON, atomically (all of it or the previous file)."""
-    document = {"format": FORMAT, "version": VERSION, "field_id": schedule.field_id, "time": schedule.time}
+    learned = schedule.corrections is not None
+    document = {"format": FORMAT, "version": VERSIONS[learned], "field_id": schedule.field_id, "time": schedule.time}
     document |= {"solver": schedule.solver, "name": schedule.name, "timesteps": schedule.timesteps.double().tolist()}
+    document |= {"corrections": schedule.corrections.tolist()} if learned else {}
     write_json(Path(path), document | {"settings": schedule.settings})
 
 
@@ -73,10 +84,11 @@ def read_schedule(path: Path) -> SavedSchedule:
     keys = ("field_id", "time", "timesteps", "solver", "name", "settings")
     if (
         not isinstance(document, dict)
-        or (document.get("format"), document.get("version")) != (FORMAT, VERSION)
+        or document.get("format") != FORMAT
+        or document.get("version") not in VERSIONS
         or not all(key in document for key in keys)
     ):
-        raise GenkitError(f"{path} is not a saved schedule ({FORMAT} version {VERSION}); pass a file genkit wrote")
+        raise GenkitError(f"{path} is not a saved schedule ({FORMAT} version 1 or 2); pass a file genkit wrote")
     field_id, time_name, timesteps, solver, name, settings = (document[key] for key in keys)
     try:
         timesteps = torch.tensor(timesteps, dtype=torch.float64)
@@ -92,7 +104,18 @@ def read_schedule(path: Path) -> SavedSchedule:
         )
     if solver is not None:
         samplers.solver_spec(solver)
-    return SavedSchedule(field_id, time_name, timesteps, solver, name, settings)
+    corrections = None
+    if "corrections" in document:
+        try:
+            corrections = samplers.Corrections.fromlist(document["corrections"])
+            corrections.check(len(timesteps) - 1)
+        except samplers.SamplerError as error:
+            raise GenkitError(f"{path} holds no valid learned solver: {error}") from None
+        if solver not in samplers.CORRECTED:
+            raise GenkitError(
+                f"{path} holds a correction table for {solver}, which takes none ({samplers.CORRECTED} do)"
+            )
+    return SavedSchedule(field_id, time_name, timesteps, solver, name, settings, corrections)
 
 
 def load_schedule(path: Path, field: "Field") -> SavedSchedule:

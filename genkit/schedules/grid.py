@@ -1,6 +1,8 @@
-"""A grid of fitted schedules for one field: each method (GITS, LD3) x solver x NFE, fitted once and then reused."""
+"""A grid of fitted schedules for one field: each method (GITS, LD3, learned solver) x solver x NFE, fitted once and
+then reused."""
 
 from collections.abc import Sequence
+from functools import partial
 from itertools import product
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from genkit.schedules.file import save_schedule
 from genkit.schedules.gits import search_schedule
 from genkit.schedules.ld3 import learn_schedule
 
-FITS = {"gits": search_schedule, "ld3": learn_schedule}
+FITS = {"gits": search_schedule, "ld3": learn_schedule, "learned": partial(learn_schedule, corrections=True)}
 
 
 def fitted_grid(
