@@ -25,6 +25,7 @@ from genkit.gaussian_mixture import GaussianMixture
 from genkit.nets import UNetVelocity
 from genkit.nets.gan import DCGANCritic
 from genkit.train.gan import gradient_penalty
+from samplers.ld3 import learn_solver
 from tokenizers_img import FSQ, VectorQuantizer
 from tokenizers_img.model import Tokenizer
 
@@ -125,6 +126,20 @@ def sampling_against_cpu(device: str, network: bool) -> float:
     return (here - there).abs().max().item()
 
 
+def learned_solver_against_cpu(device: str) -> float:
+    """Largest difference between a learned solver (times and correction table) fitted on `device` and on the CPU."""
+    mixture = GaussianMixture.random(8, (16,), seed=0)
+    noise = 80 * seeded(64, 16, seed=4, device="cpu", dtype=torch.float64)
+    fitted = {}
+    for where in ("cpu", device):
+        x = noise.to(where)
+        target = samplers.solve(mixture.edm, x, "heun", 64, "karras")
+        options = {"iterations": 50, "corrections": True}
+        times, table, _ = learn_solver(samplers.ipndm, mixture.edm, x, target, samplers.karras(5), True, **options)
+        fitted[where] = torch.cat([times, table.velocity.flatten(), table.state.flatten()])
+    return (fitted[device] - fitted["cpu"]).abs().max().item()
+
+
 def checks(device: str) -> list[tuple[str, callable, float]]:
     """(name, measurement, tolerance): each measurement must come out at most its tolerance."""
     gpus = torch.cuda.device_count() if device == "cuda" else 2
@@ -151,6 +166,12 @@ def checks(device: str) -> list[tuple[str, callable, float]]:
         ("mixture, Heun NFE 10, float64: samples vs CPU (max abs)", lambda: sampling_against_cpu(device, False), 1e-9),
         # float32 convolutions of up to 600 terms summed in another order (<= 600 eps ~ 4e-5), over 4 Euler steps.
         ("U-Net, Euler NFE 4, float32: samples vs CPU (max abs)", lambda: sampling_against_cpu(device, True), 1e-3),
+        # float64 fits: the devices' last-bit differences, carried through 50 Adam steps of size <= 0.05.
+        (
+            "learned iPNDM NFE 4, float64: times and table vs CPU (max abs)",
+            lambda: learned_solver_against_cpu(device),
+            1e-8,
+        ),
     ]
 
 

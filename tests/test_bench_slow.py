@@ -119,5 +119,5 @@ def test_the_gpu_check_passes_on_the_cpu():
     """`make gpu-check`'s checks, run on the CPU with gloo: they stay runnable where no GPU is."""
     subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_check.py"), "--device", "cpu"], check=True, cwd=ROOT)
     result = json.loads((ROOT / "runs" / "gpu_check.json").read_text())
-    assert result["device"] == "cpu" and len(result["checks"]) == 7
+    assert result["device"] == "cpu" and len(result["checks"]) == 8
     assert all(check["passed"] for check in result["checks"]), result["checks"]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from genkit.config import load_config
 from genkit.fields import load_flow_run
+from genkit.noise import initial_noise
 from genkit.schedules.file import read_schedule
 from genkit.train import flow
 
@@ -143,3 +144,18 @@ def test_compare_reports_the_excess_fd_over_the_reference_solve(runs):
     for row in rows[:-1]:
         assert row["excess_fd"] == pytest.approx(row["fd"] - reference["fd"], rel=1e-12, abs=1e-12)
     assert table["columns"].index("excess_fd") == table["columns"].index("fd") + 1
+
+
+def test_a_learned_solver_samples_with_its_own_solver_and_another_is_refused(runs):
+    learn = ["schedule", "learn", "runs/digits", "--solver", "ipndm", "--nfe", "3", "--corrections", "--steps", "3"]
+    learned = genkit(runs, *learn, "--samples", "8", "--teacher-steps", "4", "--out", "learned.json")
+    assert learned.returncode == 0, learned.stderr[-2000:]
+    result = genkit(runs, "sample", "runs/digits", "--schedule", "learned.json", "--num", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = read_schedule(runs / "learned.json")
+    drawn = load_file(runs / "runs" / "digits" / "samples" / f"ipndm_nfe3_{saved.name}_seed0.safetensors")["samples"]
+    field = load_flow_run(runs / "runs" / "digits", torch.device("cpu"))
+    noise = initial_noise([0, 1, 2], field.shape, 0)
+    torch.testing.assert_close(drawn, field.solve(noise, "ipndm", 3, saved), rtol=0, atol=1e-5)
+    other = genkit(runs, "sample", "runs/digits", "--solver", "euler", "--schedule", "learned.json", "--num", "2")
+    assert other.returncode == 2 and other.stderr.splitlines()[-1].endswith("solve it with ipndm, not euler")
