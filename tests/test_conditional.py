@@ -21,6 +21,7 @@ from genkit.predictors import load_distilled
 from genkit.runs import Run
 from genkit.schedules.file import load_schedule, save_schedule
 from genkit.schedules.gits import search_schedule
+from genkit.schedules.ld3 import learn_schedule
 from genkit.train import flow
 from genkit.train.flow import FlowConfig, FlowTrainer, drop_labels
 from genkit.train.pairs import PairDataset
@@ -208,6 +209,20 @@ def test_a_searched_schedule_is_made_for_its_guidance(tmp_path):
         load_schedule(tmp_path / "s.json", model.for_draws(8, 1))
     with pytest.raises(GenkitError, match="class-conditional"):
         search_schedule(model, "euler", 4, grid_points=16, num_samples=32)
+
+
+def test_a_learned_solver_is_made_for_its_guidance(tmp_path):
+    """Fitted on the guided field (all draws in one batch: each has its class), and refused at another guidance."""
+    model = FieldConfig(**MIXTURE).load()
+    guided = model.for_draws(32, 0, Guidance(3.0))
+    learned = learn_schedule(guided, "ipndm", 3, iterations=20, num_samples=32, teacher_steps=8, corrections=True)
+    assert learned.field_id.endswith("guided(w=3)") and learned.settings["guidance"] == "guided(w=3)"
+    assert learned.settings["rmse_to_teacher"] < learned.settings["rmse_to_teacher_init"]
+    save_schedule(learned, tmp_path / "learned.json")
+    loaded = load_schedule(tmp_path / "learned.json", model.for_draws(8, 1, Guidance(3.0)))
+    assert loaded.corrections is not None
+    with pytest.raises(GenkitError, match=r"made for guided\(w=3\), not guided\(w=1\)"):
+        load_schedule(tmp_path / "learned.json", model.for_draws(8, 1))
 
 
 def test_compare_runs_each_guidance_weight_at_the_same_evaluations(tmp_path):
