@@ -81,6 +81,10 @@ class FitGrid:
         check_choice("samplers.fit.method", self.method, tuple(FITS))
         for solver in self.solvers:
             check_choice("samplers.fit.solvers", solver, samplers.BASELINES)
+        try:  # the field, solver, NFE and device are the comparison's
+            inspect.signature(FITS[self.method]).bind(None, None, None, **self.options, device=None)
+        except TypeError as error:
+            raise GenkitError(f"config key samplers.fit options {self.options} for {self.method}: {error}") from None
 
 
 @dataclass
@@ -302,7 +306,9 @@ class SamplerComparison:
         fitted = [
             str(path)
             for fit in grid.fit
-            for path in fitted_grid(field, folder, {fit.method: fit.options}, fit.solvers, fit.nfe)
+            for path in fitted_grid(
+                field, folder, {fit.method: fit.options}, fit.solvers, fit.nfe, self.accelerator.device
+            )
         ]
         for entry in grid.solvers:
             solver, options = solver_entry(entry)
