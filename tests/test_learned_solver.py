@@ -188,7 +188,7 @@ def test_compare_fits_a_learned_solver_and_runs_solver_options(tmp_path):
             "field": MIXTURE,
             "solvers": ["ipndm", "dpmpp_2m lower_order_final=true"],
             "nfe": [3],
-            "schedules": ["time_uniform"],
+            "schedules": ["time_uniform", "ds_respaced"],  # a sigma-space solver skips the rectified one
             "fit": [{"method": "learned", "solvers": ["ipndm"], "nfe": [3], "options": fit}],
             "reference_tolerance": 1e-9,
         },
@@ -207,7 +207,8 @@ def test_compare_fits_a_learned_solver_and_runs_solver_options(tmp_path):
     reference, _ = field.reference(z, "time_uniform", 1e-9)
     entry = rows[("dpmpp_2m lower_order_final=true", "time_uniform")]["rmse"]
     assert entry == pytest.approx((final - reference).pow(2).mean().sqrt().item(), rel=1e-6)
-    assert base["rmse"] > 0 and learned["rmse"] > 0
+    assert base["rmse"] > 0 and learned["rmse"] > 0 and rows[("ipndm", "ds_respaced")]["rmse"] > 0
+    assert ("dpmpp_2m lower_order_final=true", "ds_respaced") not in rows
     config["samplers"]["solvers"] = ["dpmpp_2m lower_order_fnal=true"]
     (tmp_path / "typo.yaml").write_text(json.dumps(config))
     typo = genkit(tmp_path, "compare", "typo.yaml", "tracker=none")

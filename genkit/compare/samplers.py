@@ -314,9 +314,12 @@ class SamplerComparison:
             solver, options = solver_entry(entry)
             named = [schedule for schedule in grid.schedules if schedule not in grid.schedule_files]
             resolved = [field.default_schedule(solver) if name == DEFAULT_SCHEDULE else name for name in named]
-            # `default` may name a schedule also listed: one cell each.
+            # `default` may name a schedule also listed: one cell each. A sigma-space solver skips the schedules of
+            # rectified time (it runs a flow in EDM form, on sigma schedules).
+            sigma_only = samplers.solver_spec(solver).sigma_space
+            runnable = [name for name in resolved if not (sigma_only and name in RectifiedPath.schedules)]
             cells += [
-                Cell(entry, solver, nfe, schedule, options) for schedule in dict.fromkeys(resolved) for nfe in grid.nfe
+                Cell(entry, solver, nfe, schedule, options) for schedule in dict.fromkeys(runnable) for nfe in grid.nfe
             ]
         for schedule in [*grid.schedule_files, *fitted]:
             saved = load_schedule(Path(schedule), field)
