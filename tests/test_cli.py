@@ -16,7 +16,7 @@ def test_solvers_lists_every_solver_with_its_cost(capsys):
     lines = capsys.readouterr().out.splitlines()
     costs = {line.split()[0]: int(line.split()[1]) for line in lines[1:-1]}
     assert costs == {"euler": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2m": 1, "ipndm": 1, "amed": 2, "amed_plugin": 2}
-    assert lines[-1] == "schedules: karras, logsnr, time_uniform, uniform"
+    assert lines[-1] == "schedules: karras, logsnr, time_uniform, uniform, ds_respaced"
 
 
 def test_the_version(capsys):

@@ -84,5 +84,5 @@ def test_the_default_schedule_is_native_time_where_the_solver_can_use_it():
 
 def test_a_mixture_field_is_solved_in_either_convention():
     field = FieldConfig(kind="mixture", components=1, shape=[3]).load()
-    assert field.schedules == ("karras", "logsnr", "time_uniform", "uniform")
+    assert field.schedules == ("karras", "logsnr", "time_uniform", "uniform", "ds_respaced")
     assert field.dtype == torch.float64

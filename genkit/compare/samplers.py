@@ -315,9 +315,10 @@ class SamplerComparison:
             named = [schedule for schedule in grid.schedules if schedule not in grid.schedule_files]
             resolved = [field.default_schedule(solver) if name == DEFAULT_SCHEDULE else name for name in named]
             # `default` may name a schedule also listed: one cell each. A sigma-space solver skips the schedules of
-            # rectified time (it runs a flow in EDM form, on sigma schedules).
+            # rectified time (it runs a flow in EDM form, on sigma schedules), unless they are all it is given: then
+            # the grid fails, naming the sigma schedules.
             sigma_only = samplers.solver_spec(solver).sigma_space
-            runnable = [name for name in resolved if not (sigma_only and name in RectifiedPath.schedules)]
+            runnable = [name for name in resolved if not (sigma_only and name in RectifiedPath.schedules)] or resolved
             cells += [
                 Cell(entry, solver, nfe, schedule, options) for schedule in dict.fromkeys(runnable) for nfe in grid.nfe
             ]
