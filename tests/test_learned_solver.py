@@ -156,6 +156,7 @@ def test_a_learned_solver_round_trips_runs_as_its_solver_and_is_refused_for_anot
         read_schedule(tmp_path / "bad.json")
 
 
+@pytest.mark.slow  # two launched processes: ~16 s of the default run's budget
 def test_two_ranks_learn_the_solver_one_does(tmp_path):
     save_tiny_ddpm(tmp_path / "ddpm")
     arguments = ["schedule", "learn", "ddpm", "--solver", "ipndm", "--nfe", "3", "--corrections", "--steps", "6"]
