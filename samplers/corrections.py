@@ -71,8 +71,13 @@ class Corrections:
             ):
                 raise SamplerError(f"a correction table needs lower-triangular rows under {key!r} (row i of i + 1)")
             table = torch.zeros(len(rows), len(rows), dtype=torch.float64)
-            for i, row in enumerate(rows):
-                table[i, : i + 1] = torch.tensor(row, dtype=torch.float64)
+            try:
+                for i, row in enumerate(rows):
+                    table[i, : i + 1] = torch.tensor(row, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise SamplerError(f"the correction table under {key!r} holds something other than numbers") from None
+            if not table.isfinite().all():
+                raise SamplerError(f"the correction table under {key!r} holds a NaN or an infinity")
             tables.append(table)
         if tables[0].shape != tables[1].shape:
             raise SamplerError("the velocity and state tables of a correction table have different sizes")

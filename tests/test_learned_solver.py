@@ -154,6 +154,11 @@ def test_a_learned_solver_round_trips_runs_as_its_solver_and_is_refused_for_anot
     (tmp_path / "bad.json").write_text(json.dumps(document))
     with pytest.raises(GenkitError, match="holds no valid learned solver"):
         read_schedule(tmp_path / "bad.json")
+    document = json.loads((tmp_path / "learned.json").read_text())
+    document["corrections"]["velocity"][1] = ["a", None]
+    (tmp_path / "words.json").write_text(json.dumps(document))
+    with pytest.raises(GenkitError, match="holds no valid learned solver: .* other than numbers"):
+        read_schedule(tmp_path / "words.json")
 
 
 @pytest.mark.slow  # two launched processes: ~16 s of the default run's budget

@@ -102,7 +102,7 @@ def learn_schedule(
 
     fitted, start = rmse(learned, table), rmse(timesteps, None)
     settings = {"method": method, "init": init, "iterations": iterations, "lr": lr, "batch_size": batch_size}
-    settings |= {"correction_lr": correction_lr, "processes": processes} if corrections else {"processes": processes}
+    settings |= {"processes": processes} | ({"correction_lr": correction_lr} if corrections else {})
     settings |= {"teacher": TEACHER, "teacher_steps": teacher_steps, "num_samples": num_samples, "seed": seed}
     settings |= {"loss": min(history), "rmse_to_teacher": fitted, "rmse_to_teacher_init": start}
     settings |= {"seconds": time.perf_counter() - started} | field.made_for()
